@@ -1,0 +1,58 @@
+"""Equivariant linear map between direct sums of irreps."""
+import torch
+from torch import nn
+
+from ..o3 import Irreps
+
+
+class EquivariantLinear(nn.Module):
+    r"""Mixes channels of equal irrep type: output block ``k`` of type ``ir`` is
+    :math:`y_{w m} = \frac{1}{\sqrt{n}} \sum_u W^{(k)}_{u w} x_{u m}`, the sum running over the
+    channels ``u`` of every input block of the same type (``n`` of them, in input order). No bias.
+
+    Features use the flat layout ``(N, irreps.dim)``, each block stored ``[mul, 2l+1]``.
+
+    Args:
+        irreps_in, irreps_out: the input and output irreps.
+
+    Weights: ``weights[k]`` of shape ``(n_k, mul_out_k)`` for output block ``k`` (``(0, mul)`` when no
+    input block has its type; that block is then zero).
+    """
+
+    def __init__(self, irreps_in, irreps_out):
+        super().__init__()
+        self.irreps_in = Irreps(irreps_in)
+        self.irreps_out = Irreps(irreps_out)
+        in_slices = self.irreps_in.slices()
+        self._sources = []  # per output block: [(input slice, mul, 2l+1), ...]
+        weights = []
+        for mul_out, ir_out in self.irreps_out:
+            sources = [
+                (sl, mul, ir.dim)
+                for sl, (mul, ir) in zip(in_slices, self.irreps_in)
+                if ir == ir_out and mul > 0
+            ]
+            self._sources.append(sources)
+            weights.append(nn.Parameter(torch.randn(sum(s[1] for s in sources), mul_out)))
+        self.weights = nn.ParameterList(weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, irreps_in.dim)`` → ``(N, irreps_out.dim)``."""
+        n = x.shape[0]
+        out = []
+        for (mul_out, ir_out), sources, w in zip(self.irreps_out, self._sources, self.weights):
+            if not sources:
+                out.append(x.new_zeros(n, mul_out * ir_out.dim))
+                continue
+            blocks = [x[:, sl].reshape(n, mul, dim) for sl, mul, dim in sources]
+            block = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)  # (N, n_k, 2l+1)
+            w = w * w.shape[0] ** -0.5
+            if ir_out.dim == 1:
+                y = block.reshape(n, -1) @ w
+            else:
+                y = torch.einsum("num,uw->nwm", block, w)
+            out.append(y.reshape(n, -1))
+        return torch.cat(out, dim=1)
+
+    def extra_repr(self) -> str:
+        return f"{self.irreps_in} -> {self.irreps_out}"

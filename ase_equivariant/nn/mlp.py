@@ -1,0 +1,36 @@
+"""The radial multilayer perceptron that turns an edge's radial embedding into tensor-product weights."""
+from typing import List
+
+import torch
+from torch import nn
+
+from .activations import ScaledActivation
+
+
+class RadialMLP(nn.Module):
+    r"""Bias-free MLP ``sizes[0] → ... → sizes[-1]``, activation on every hidden layer.
+
+    Each layer computes :math:`x W / \sqrt{n_{in}}` (weights of unit variance, as e3nn's
+    ``FullyConnectedNet``); the last layer has no activation.
+
+    Args:
+        sizes: layer widths, e.g. ``[8, 64, 64, 384]``.
+        act: the (already rescaled) activation of the hidden layers.
+    """
+
+    def __init__(self, sizes: List[int], act: ScaledActivation):
+        super().__init__()
+        self.sizes = list(sizes)
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.randn(n_in, n_out)) for n_in, n_out in zip(sizes[:-1], sizes[1:])
+        )
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(E, sizes[0])`` → ``(E, sizes[-1])``."""
+        last = len(self.weights) - 1
+        for k, w in enumerate(self.weights):
+            x = x @ (w * w.shape[0] ** -0.5)
+            if k < last:
+                x = self.act(x)
+        return x

@@ -1,0 +1,163 @@
+"""The full NequIP-style potential: species embedding, interaction blocks, per-atom energy readout."""
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List
+
+import torch
+from torch import nn
+
+from ..o3 import Irreps, spherical_harmonics
+from .activations import ScaledActivation
+from .convolution import TensorProductConv
+from .gate import Gate
+from .interaction import InteractionBlock
+from .linear import EquivariantLinear
+from .radial import BesselBasis, build_cutoff
+
+MAX_ATOMIC_NUMBER = 118
+
+
+@dataclass
+class PotentialConfig:
+    """Architecture hyperparameters; a weight file stores this as a plain dict (:meth:`to_dict`).
+
+    Attributes:
+        species: atomic numbers the model knows, in the order of its species index.
+        cutoff: radial cutoff in Å.
+        cutoff_function: ``{"name": "xplor", "r_on": 4.5}`` or ``{"name": "polynomial", "p": 6}``.
+        num_radial_basis: number of Bessel functions.
+        lmax_sh: highest degree of the edge spherical harmonics.
+        parity: if False every irrep is even (SO(3) model; spherical harmonics ``l e``).
+        node_irreps: the node features before the first block and after each block; the first is
+            scalar only.
+        radial_hidden: hidden widths of the radial MLPs.
+        act_radial: activation of the radial MLPs.
+        act_scalars, act_gates: gate activations by parity, ``{"e": "silu", "o": "tanh"}``.
+        act_scales: the unit-second-moment factor of each activation used (see ``activations``).
+        avg_num_neighbors: the convolution denominators, one per block.
+        readout_hidden: width of the scalar hidden layer of the readout.
+    """
+
+    species: List[int]
+    cutoff: float
+    cutoff_function: Dict
+    num_radial_basis: int
+    lmax_sh: int
+    parity: bool
+    node_irreps: List[str]
+    radial_hidden: List[int]
+    act_radial: str
+    act_scalars: Dict[str, str]
+    act_gates: Dict[str, str]
+    act_scales: Dict[str, float]
+    avg_num_neighbors: List[float]
+    readout_hidden: int
+    extra: Dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PotentialConfig":
+        return cls(**d)
+
+
+class EquivariantPotential(nn.Module):
+    r"""Per-atom energies of an E(3)-equivariant message-passing network (NequIP architecture, as
+    trained in SevenNet).
+
+    ``E_i = scale_{Z_i} · readout(h_i) + shift_{Z_i}``, where ``h_i`` are the scalar features after
+    the last interaction block. The energy is a function of the edge vectors only, so it is
+    invariant under rotations, translations and permutations; forces and stresses follow by
+    differentiation (done by the calculator).
+    """
+
+    def __init__(self, config: PotentialConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        acts = {name: ScaledActivation(name, c.act_scales[name])
+                for name in {c.act_radial, *c.act_scalars.values(), *c.act_gates.values()}}
+        sh_parity = -1 if c.parity else 1
+        self.irreps_sh = Irreps([(1, (l, sh_parity**l)) for l in range(c.lmax_sh + 1)])
+        node_irreps = [Irreps(s) for s in c.node_irreps]
+        if node_irreps[0].lmax != 0:
+            raise ValueError(f"the first node irreps must be scalars, got {node_irreps[0]}")
+
+        type_of_z = torch.full((MAX_ATOMIC_NUMBER + 1,), -1, dtype=torch.long)
+        type_of_z[torch.tensor(c.species, dtype=torch.long)] = torch.arange(len(c.species))
+        self.register_buffer("type_of_z", type_of_z, persistent=False)
+        self.species_embedding = nn.Parameter(torch.randn(len(c.species), node_irreps[0].dim))
+
+        self.radial_basis = BesselBasis(c.cutoff, c.num_radial_basis)
+        self.cutoff_function = build_cutoff(c.cutoff_function, c.cutoff)
+        num_blocks = len(node_irreps) - 1
+        blocks = []
+        irreps_x = node_irreps[0]
+        for t in range(num_blocks):
+            gate = Gate(node_irreps[t + 1], {p: acts[a] for p, a in c.act_scalars.items()},
+                        {p: acts[a] for p, a in c.act_gates.items()})
+            conv = TensorProductConv(
+                irreps_x, self.irreps_sh, lmax_out=node_irreps[t + 1].lmax, even_only=(t == num_blocks - 1),
+                radial_sizes=[c.num_radial_basis] + list(c.radial_hidden), act_radial=acts[c.act_radial],
+                denominator=c.avg_num_neighbors[t],
+            )
+            blocks.append(InteractionBlock(conv, gate))
+            irreps_x = gate.irreps_out
+        self.blocks = nn.ModuleList(blocks)
+        self.readout_hidden = EquivariantLinear(irreps_x, Irreps([(c.readout_hidden, (0, 1))]))
+        self.readout_energy = EquivariantLinear(self.readout_hidden.irreps_out, "1x0e")
+        self.register_buffer("energy_scale", torch.ones(len(c.species), dtype=torch.float64))
+        self.register_buffer("energy_shift", torch.zeros(len(c.species), dtype=torch.float64))
+
+    @property
+    def cutoff(self) -> float:
+        """The radial cutoff in Å."""
+        return self.config.cutoff
+
+    @property
+    def species(self) -> List[int]:
+        """The atomic numbers the model knows."""
+        return list(self.config.species)
+
+    def species_index(self, numbers: torch.Tensor) -> torch.Tensor:
+        """``(N,)`` atomic numbers → ``(N,)`` species indices; raises ``ValueError`` for unknown elements."""
+        numbers = numbers.to(self.type_of_z.device)
+        bad = (numbers < 0) | (numbers > MAX_ATOMIC_NUMBER)
+        types = self.type_of_z[numbers.clamp(0, MAX_ATOMIC_NUMBER)]
+        unknown = bad | (types < 0)
+        if bool(unknown.any()):
+            missing = sorted(set(numbers[unknown].tolist()))
+            raise ValueError(f"the model does not know atomic number(s) {missing}; it knows {sorted(self.species)}")
+        return types
+
+    def forward(
+        self,
+        positions: torch.Tensor,
+        numbers: torch.Tensor,
+        edge_index: torch.Tensor,
+        shifts: torch.Tensor,
+        cell: torch.Tensor,
+    ) -> torch.Tensor:
+        """Per-atom energies in eV.
+
+        Args:
+            positions: ``(N, 3)`` Cartesian positions in Å.
+            numbers: ``(N,)`` atomic numbers.
+            edge_index: ``(2, E)`` int64 pairs ``(i, j)`` with ``|D_ij| < cutoff``, both directions.
+            shifts: ``(E, 3)`` integer cell shifts ``S`` with ``D_ij = r_j - r_i + S @ cell``.
+            cell: ``(3, 3)`` lattice vectors as rows, in Å (any value when ``shifts`` is all zero).
+
+        Returns:
+            ``(N,)`` energies, of the dtype of the weights.
+        """
+        types = self.species_index(numbers)
+        i, j = edge_index[0], edge_index[1]
+        vectors = positions[j] - positions[i] + shifts.to(positions.dtype) @ cell
+        r = torch.linalg.vector_norm(vectors, dim=1)
+        radial_embedding = self.radial_basis(r) * self.cutoff_function(r).unsqueeze(-1)
+        sh = spherical_harmonics(self.config.lmax_sh, vectors, normalize=True)
+        x = self.species_embedding[types] * len(self.config.species) ** -0.5
+        for block in self.blocks:
+            x = block(x, sh, radial_embedding, edge_index)
+        energy = self.readout_energy(self.readout_hidden(x)).squeeze(-1)
+        return energy * self.energy_scale[types] + self.energy_shift[types]
