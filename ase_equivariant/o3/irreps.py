@@ -46,7 +46,10 @@ class Irrep(collections.namedtuple("Irrep", ["l", "p"])):
                 except (ValueError, KeyError, IndexError):
                     raise ValueError(f"cannot read {name!r} as an irrep (expected e.g. '1o', '2e')") from None
             else:
-                l, p = l
+                try:
+                    l, p = l
+                except (TypeError, ValueError):
+                    raise ValueError(f"cannot read {l!r} as an irrep; give (l, p) or a string like '1o'") from None
         if isinstance(l, bool) or not isinstance(l, int) or l < 0:
             raise ValueError(f"l must be a non-negative integer, got {l!r}")
         if p not in (1, -1):

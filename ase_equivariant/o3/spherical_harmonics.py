@@ -34,8 +34,14 @@ def _raising_matrix_float64(l: int) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=None)
-def _raising_matrix(l: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return _raising_matrix_float64(l).to(dtype=dtype, device=device)
+def _raising_terms(l: int) -> tuple[tuple[tuple[int, int, float], ...], ...]:
+    """Sparse form of ``A_l``: for each component ``i`` of ``Y^{l+1}``, the terms ``(k, j, coef)``
+    of ``Y^{l+1}_i = sum coef * x_k * Y^l_j`` (``10l + 1`` terms in all)."""
+    A = _raising_matrix_float64(l).reshape(3, 2 * l + 1, 2 * l + 3)
+    return tuple(
+        tuple((k, j, A[k, j, i].item()) for k in range(3) for j in range(2 * l + 1) if abs(A[k, j, i]) > 1e-14)
+        for i in range(2 * l + 3)
+    )
 
 
 def spherical_harmonics(lmax: int, vectors: torch.Tensor, normalize: bool = True) -> torch.Tensor:
@@ -57,13 +63,19 @@ def spherical_harmonics(lmax: int, vectors: torch.Tensor, normalize: bool = True
         raise ValueError(f"lmax must be >= 0, got {lmax}")
     if normalize:
         vectors = torch.nn.functional.normalize(vectors, dim=-1)
-    batch = vectors.shape[:-1]
-    blocks = [torch.ones_like(vectors[..., :1])]
+    # Work on contiguous 1-d columns: cheap elementwise kernels forwards and backwards.
+    xyz = vectors.movedim(-1, 0).contiguous().unbind(0)
+    columns = [torch.ones_like(xyz[0])]
     if lmax >= 1:
-        Y = sqrt(3) * vectors
-        blocks.append(Y)
+        Y = [sqrt(3) * c for c in xyz]
+        columns += Y
         for l in range(1, lmax):
-            outer = (vectors[..., :, None] * Y[..., None, :]).reshape(batch + (3 * (2 * l + 1),))
-            Y = outer @ _raising_matrix(l, vectors.dtype, vectors.device)
-            blocks.append(Y)
-    return torch.cat(blocks, dim=-1)
+            new = []
+            for (k, j, coef), *rest in _raising_terms(l):
+                acc = (xyz[k] * Y[j]) * coef
+                for k, j, coef in rest:
+                    acc = torch.addcmul(acc, xyz[k], Y[j], value=coef)
+                new.append(acc)
+            Y = new
+            columns += Y
+    return torch.stack(columns, dim=-1)
