@@ -264,11 +264,10 @@ def float64_default():
 def test_D_and_irreps_equal_e3nn(gen, float64_default):
     e3nn_o3 = pytest.importorskip("e3nn.o3")
     R = random_rotation(gen, shape=(3,))
-    for Q in (R, -R):
+    for Q, p in ((R, 1), (-R, 1), (-R, -1)):  # proper, improper of even and odd parity
         for l in range(LMAX + 1):
-            for p in (1, -1):
-                ref = e3nn_o3.Irrep(l, p).D_from_matrix(Q)
-                assert (Irrep(l, p).D_from_matrix(Q) - ref).abs().max() < 1e-11  # e3nn: matrix_exp
+            ref = e3nn_o3.Irrep(l, p).D_from_matrix(Q)
+            assert (Irrep(l, p).D_from_matrix(Q) - ref).abs().max() < 1e-11  # e3nn: matrix_exp
     for text in ("128x0e+64x1e+32x2e", "3x1o+0e+2x1o+0x2e+1e+0o"):
         ours, ref = Irreps(text), e3nn_o3.Irreps(text)
         assert str(ours) == str(ref) and ours.dim == ref.dim and ours.slices() == ref.slices()
