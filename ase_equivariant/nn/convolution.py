@@ -72,8 +72,9 @@ class TensorProductConv(nn.Module):
         self.paths, self.irreps_out = convolution_paths(self.irreps_in, self.irreps_sh, lmax_out, even_only)
         self.radial = RadialMLP(list(radial_sizes) + [sum(self.irreps_in[p[0]].mul for p in self.paths)], act_radial)
         self.register_buffer("denominator", torch.tensor(float(denominator), dtype=torch.float64), persistent=False)
-        self._in_slices = self.irreps_in.slices()
-        self._sh_slices = self.irreps_sh.slices()
+        self._in_dims = [mul * ir.dim for mul, ir in self.irreps_in]
+        self._sh_dims = [ir.dim for _, ir in self.irreps_sh]
+        self._path_muls = [self.irreps_in[i_in].mul for i_in, _, _ in self.paths]
         for k, (i_in, i_sh, (l3, _)) in enumerate(self.paths):
             l1, l2 = self.irreps_in[i_in].ir.l, self.irreps_sh[i_sh].ir.l
             coupling = wigner_3j(l1, l2, l3, dtype=torch.float64) * (2 * l3 + 1) ** 0.5
@@ -90,18 +91,16 @@ class TensorProductConv(nn.Module):
         embedding ``(E, radial_sizes[0])`` and ``edge_index`` ``(2, E)`` (row 0 receives, row 1 sends)
         → aggregated messages ``(N, irreps_out.dim)``."""
         n, e = x.shape[0], sh.shape[0]
-        weights = self.radial(radial_embedding)  # (E, sum of path multiplicities)
-        x_src = x[edge_index[1]]
+        weights = self.radial(radial_embedding).split(self._path_muls, dim=1)  # per path (E, mul)
+        # split once rather than slicing per path: a slice's backward allocates a full-size zero tensor
+        x_src = x[edge_index[1]].split(self._in_dims, dim=1)
+        sh = sh.split(self._sh_dims, dim=1)
         messages = []
-        offset = 0
         for k, (i_in, i_sh, _) in enumerate(self.paths):
             mul, ir_in = self.irreps_in[i_in]
             coupling = getattr(self, f"_coupling_{k}")  # (2l1+1, 2l2+1, 2l3+1)
-            y = sh[:, self._sh_slices[i_sh]]  # (E, 2l2+1)
-            xj = x_src[:, self._in_slices[i_in]].reshape(e, mul, ir_in.dim)
-            edge_map = torch.einsum("ijk,ej->eik", coupling, y)  # (E, 2l1+1, 2l3+1)
-            m = torch.bmm(xj, edge_map) * weights[:, offset:offset + mul, None]
-            offset += mul
+            edge_map = torch.einsum("ijk,ej->eik", coupling, sh[i_sh])  # (E, 2l1+1, 2l3+1)
+            m = torch.bmm(x_src[i_in].reshape(e, mul, ir_in.dim), edge_map) * weights[k].unsqueeze(-1)
             messages.append(m.reshape(e, -1))
         messages = torch.cat(messages, dim=1)
         out = torch.zeros(n, messages.shape[1], dtype=messages.dtype, device=messages.device)

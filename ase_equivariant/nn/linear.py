@@ -23,13 +23,13 @@ class EquivariantLinear(nn.Module):
         super().__init__()
         self.irreps_in = Irreps(irreps_in)
         self.irreps_out = Irreps(irreps_out)
-        in_slices = self.irreps_in.slices()
-        self._sources = []  # per output block: [(input slice, mul, 2l+1), ...]
+        self._in_dims = [mul * ir.dim for mul, ir in self.irreps_in]
+        self._sources = []  # per output block: [(input block index, mul, 2l+1), ...]
         weights = []
         for mul_out, ir_out in self.irreps_out:
             sources = [
-                (sl, mul, ir.dim)
-                for sl, (mul, ir) in zip(in_slices, self.irreps_in)
+                (b, mul, ir.dim)
+                for b, (mul, ir) in enumerate(self.irreps_in)
                 if ir == ir_out and mul > 0
             ]
             self._sources.append(sources)
@@ -39,12 +39,13 @@ class EquivariantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, irreps_in.dim)`` → ``(N, irreps_out.dim)``."""
         n = x.shape[0]
+        x_blocks = x.split(self._in_dims, dim=1)  # one split, not many slices: cheaper backward
         out = []
         for (mul_out, ir_out), sources, w in zip(self.irreps_out, self._sources, self.weights):
             if not sources:
                 out.append(x.new_zeros(n, mul_out * ir_out.dim))
                 continue
-            blocks = [x[:, sl].reshape(n, mul, dim) for sl, mul, dim in sources]
+            blocks = [x_blocks[b].reshape(n, mul, dim) for b, mul, dim in sources]
             block = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)  # (N, n_k, 2l+1)
             w = w * w.shape[0] ** -0.5
             if ir_out.dim == 1:
