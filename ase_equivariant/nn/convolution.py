@@ -47,6 +47,12 @@ class TensorProductConv(nn.Module):
     edge's radial embedding. Messages are summed on ``i`` and divided by ``denominator`` (the
     average number of neighbours used in training).
 
+    Computation: the paths leaving one input block are done together. Per edge, the harmonics
+    contract with the couplings of all those paths into one ``(2l1+1, Σ(2l3+1))`` matrix
+    ``M_ij = Σ_m2 Y_ij,m2 B[:, m2, :]``; one batched product ``x_j @ M_ij`` gives every path's
+    output for all channels. Messages are summed on the atoms in that grouped layout and put in the
+    path order of :attr:`irreps_out` afterwards, on ``N`` rows rather than ``E``.
+
     Args:
         irreps_in: node features.
         irreps_sh: spherical harmonics of the edge direction (``1x0e+1x1o+...`` or all even).
@@ -70,15 +76,48 @@ class TensorProductConv(nn.Module):
         self.irreps_in = Irreps(irreps_in)
         self.irreps_sh = Irreps(irreps_sh)
         self.paths, self.irreps_out = convolution_paths(self.irreps_in, self.irreps_sh, lmax_out, even_only)
-        self.radial = RadialMLP(list(radial_sizes) + [sum(self.irreps_in[p[0]].mul for p in self.paths)], act_radial)
+        muls = [self.irreps_in[i_in].mul for i_in, _, _ in self.paths]
+        self.radial = RadialMLP(list(radial_sizes) + [sum(muls)], act_radial)
         self.register_buffer("denominator", torch.tensor(float(denominator), dtype=torch.float64), persistent=False)
         self._in_dims = [mul * ir.dim for mul, ir in self.irreps_in]
-        self._sh_dims = [ir.dim for _, ir in self.irreps_sh]
-        self._path_muls = [self.irreps_in[i_in].mul for i_in, _, _ in self.paths]
-        for k, (i_in, i_sh, (l3, _)) in enumerate(self.paths):
-            l1, l2 = self.irreps_in[i_in].ir.l, self.irreps_sh[i_sh].ir.l
-            coupling = wigner_3j(l1, l2, l3, dtype=torch.float64) * (2 * l3 + 1) ** 0.5
-            self.register_buffer(f"_coupling_{k}", coupling, persistent=False)
+
+        sh_offsets = [sl.start for sl in self.irreps_sh.slices()]
+        weight_offsets = [sum(muls[:k]) for k in range(len(muls))]
+        self._groups = []  # (input block, mul, 2l1+1, number of output columns per channel)
+        weight_columns, out_columns = [], [None] * len(self.paths)
+        grouped_offset = 0
+        for i_in, (mul, ir_in) in enumerate(self.irreps_in):
+            ks = [k for k, path in enumerate(self.paths) if path[0] == i_in]
+            if not ks or mul == 0:
+                continue
+            dims = [2 * self.paths[k][2][0] + 1 for k in ks]
+            width = sum(dims)
+            coupling = torch.zeros(self.irreps_sh.dim, ir_in.dim, width, dtype=torch.float64)
+            expand = torch.zeros(len(ks), width, dtype=torch.float64)
+            col = 0
+            for p, (k, d3) in enumerate(zip(ks, dims)):
+                _, i_sh, (l3, _) = self.paths[k]
+                l2 = self.irreps_sh[i_sh].ir.l
+                coupling[sh_offsets[i_sh]:sh_offsets[i_sh] + 2 * l2 + 1, :, col:col + d3] = (
+                    wigner_3j(ir_in.l, l2, l3, dtype=torch.float64).transpose(0, 1) * d3**0.5
+                )
+                # where this path's (channel u, component m3) lands in the grouped message layout
+                out_columns[k] = [grouped_offset + u * width + col + m for u in range(mul) for m in range(d3)]
+                expand[p, col:col + d3] = 1.0
+                col += d3
+            g = len(self._groups)
+            self.register_buffer(f"_coupling_{g}", coupling.reshape(self.irreps_sh.dim, -1), persistent=False)
+            self.register_buffer(f"_expand_{g}", expand, persistent=False)  # path weight -> its columns
+            weight_columns += [weight_offsets[k] + u for u in range(mul) for k in ks]
+            self._groups.append((i_in, mul, ir_in.dim, len(ks), width))
+            grouped_offset += mul * width
+        # radial-MLP columns in grouped order: group by group, (channel, path) row-major
+        self.register_buffer("_weight_columns", torch.tensor(weight_columns, dtype=torch.long), persistent=False)
+        # grouped message layout -> irreps_out layout
+        self.register_buffer(
+            "_out_columns", torch.tensor([c for cols in out_columns for c in cols], dtype=torch.long),
+            persistent=False,
+        )
 
     def forward(
         self,
@@ -91,21 +130,19 @@ class TensorProductConv(nn.Module):
         embedding ``(E, radial_sizes[0])`` and ``edge_index`` ``(2, E)`` (row 0 receives, row 1 sends)
         → aggregated messages ``(N, irreps_out.dim)``."""
         n, e = x.shape[0], sh.shape[0]
-        weights = self.radial(radial_embedding).split(self._path_muls, dim=1)  # per path (E, mul)
-        # split once rather than slicing per path: a slice's backward allocates a full-size zero tensor
+        weights = self.radial(radial_embedding, self._weight_columns)
+        weights = weights.split([mul * npath for _, mul, _, npath, _ in self._groups], dim=1)
+        # split once rather than slicing per block: a slice's backward allocates a full-size zero tensor
         x_src = x[edge_index[1]].split(self._in_dims, dim=1)
-        sh = sh.split(self._sh_dims, dim=1)
-        messages = []
-        for k, (i_in, i_sh, _) in enumerate(self.paths):
-            mul, ir_in = self.irreps_in[i_in]
-            coupling = getattr(self, f"_coupling_{k}")  # (2l1+1, 2l2+1, 2l3+1)
-            edge_map = torch.einsum("ijk,ej->eik", coupling, sh[i_sh])  # (E, 2l1+1, 2l3+1)
-            m = torch.bmm(x_src[i_in].reshape(e, mul, ir_in.dim), edge_map) * weights[k].unsqueeze(-1)
-            messages.append(m.reshape(e, -1))
-        messages = torch.cat(messages, dim=1)
-        out = torch.zeros(n, messages.shape[1], dtype=messages.dtype, device=messages.device)
-        out.index_add_(0, edge_index[0], messages)
-        return out / self.denominator
+        out = []
+        for g, (i_in, mul, d1, npath, width) in enumerate(self._groups):
+            edge_map = (sh @ getattr(self, f"_coupling_{g}")).reshape(e, d1, width)  # (E, d1, width)
+            m = torch.bmm(x_src[i_in].reshape(e, mul, d1), edge_map)  # (E, mul, width)
+            w = weights[g].reshape(e * mul, npath) @ getattr(self, f"_expand_{g}")  # (E·mul, width)
+            message = (m.reshape(e * mul, width) * w).reshape(e, mul * width)
+            out.append(torch.zeros(n, mul * width, dtype=x.dtype, device=x.device).index_add_(0, edge_index[0], message))
+        out = torch.cat(out, dim=1) if len(out) > 1 else out[0]
+        return out.index_select(1, self._out_columns) / self.denominator
 
     def extra_repr(self) -> str:
         return f"{self.irreps_in} x {self.irreps_sh} -> {self.irreps_out}"

@@ -1,5 +1,5 @@
 """The radial multilayer perceptron that turns an edge's radial embedding into tensor-product weights."""
-from typing import List
+from typing import List, Optional
 
 import torch
 from torch import nn
@@ -26,10 +26,13 @@ class RadialMLP(nn.Module):
         )
         self.act = act
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(E, sizes[0])`` → ``(E, sizes[-1])``."""
+    def forward(self, x: torch.Tensor, columns: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``(E, sizes[0])`` → ``(E, sizes[-1])``, or ``(E, len(columns))`` with only those output
+        columns, in that order."""
         last = len(self.weights) - 1
         for k, w in enumerate(self.weights):
+            if k == last and columns is not None:
+                w = w.index_select(1, columns)
             x = x @ (w * w.shape[0] ** -0.5)
             if k < last:
                 x = self.act(x)
