@@ -1,0 +1,152 @@
+"""SevenNet-0: our implementation against the reference ``sevenn`` calculator, side by side.
+
+Same weights, same structures, same process; the two calculators are called alternately after a
+warm-up, each call an energy + forces + stress evaluation of a fresh geometry (the neighbour list
+is rebuilt every call: ``skin=0``). Reports ms per call (minimum and median), ms per atom, the
+speed-up, the matrix-multiply FLOPs of one of our calls (torch's FLOP counter) and the GFLOP/s
+they run at, beside the sgemm/dgemm rate of this machine measured in the same run, and memory:
+the process's resident high-water mark after the structure (CPU; it includes the reference
+calculator's peaks) or the peak CUDA memory of our call (GPU).
+
+    python benchmarks/model.py                      # float32, CPU, default structures
+    python benchmarks/model.py --dtype float64
+    python benchmarks/model.py --sizes 1000 10000 --no-reference   # per-atom scaling, ours only
+    python benchmarks/model.py --device cuda        # on a GPU machine
+"""
+import argparse
+import gc
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+from ase.build import bulk, molecule
+from torch.utils.flop_counter import FlopCounterMode
+
+from ase_equivariant import EquivariantCalculator
+
+
+def structures(sizes=None):
+    """name -> Atoms. Default: Cu 32/108/256/864, Si 64/512, an ethanol molecule."""
+    out = {}
+    if sizes:
+        for n in sizes:
+            k = max(1, round((n / 4) ** (1 / 3)))
+            out[f"Cu{4 * k**3}"] = bulk("Cu", "fcc", a=3.61, cubic=True) * (k, k, k)
+    else:
+        for k in (2, 3, 4, 6):
+            out[f"Cu{4 * k**3}"] = bulk("Cu", "fcc", a=3.61, cubic=True) * (k, k, k)
+        for k in (2, 4):
+            out[f"Si{8 * k**3}"] = bulk("Si", "diamond", a=5.43, cubic=True) * (k, k, k)
+        out["C2H6O"] = molecule("CH3CH2OH")
+    for atoms in out.values():
+        atoms.rattle(0.02, seed=1)
+    return out
+
+
+def gemm_gflops(dtype, device, n=2048, repeats=5):
+    """Measured matrix-multiply rate of this machine (GFLOP/s) for square n x n matrices."""
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def evaluate(calc, atoms, device):
+    """One energy + forces + stress call on a fresh copy; returns seconds."""
+    atoms = atoms.copy()
+    atoms.calc = calc
+    sync(device)
+    t = time.perf_counter()
+    atoms.get_forces()
+    if atoms.pbc.all():
+        atoms.get_stress()
+    sync(device)
+    return time.perf_counter() - t
+
+
+def rss_mib():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--sizes", type=int, nargs="*", help="Cu fcc cells of about these many atoms")
+    parser.add_argument("--no-reference", action="store_true", help="skip the sevenn calculator")
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+
+    reference = None
+    if not args.no_reference:
+        try:
+            from sevenn.calculator import SevenNetCalculator
+            reference = SevenNetCalculator("7net-0", device=args.device)
+            if args.dtype == "float64":
+                reference.model.double()
+        except ImportError:
+            print("sevenn is not installed: reporting ours only")
+    ours = EquivariantCalculator(device=args.device, dtype=args.dtype, skin=0.0)
+
+    gemm = gemm_gflops(dtype, args.device)
+    print(f"# machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, device {args.device}, {args.dtype}")
+    print(f"# measured {'s' if dtype == torch.float32 else 'd'}gemm rate: {gemm:.1f} GFLOP/s")
+    header = (f"{'system':>8} {'atoms':>6} {'ours ms min':>11} {'median':>8} {'ms/atom':>8} {'GFLOP':>7} "
+              f"{'GFLOP/s':>8} {'%gemm':>6} {'mem MiB':>9}")
+    if reference is not None:
+        header += f" {'sevenn ms min':>13} {'median':>8} {'speed-up':>8}"
+    print(header)
+    for name, atoms in structures(args.sizes).items():
+        calcs = [("ours", ours)] + ([("ref", reference)] if reference is not None else [])
+        for _, calc in calcs:  # warm-up
+            evaluate(calc, atoms, args.device)
+        times = {key: [] for key, _ in calcs}
+        for _ in range(args.repeats):
+            for key, calc in calcs:
+                times[key].append(evaluate(calc, atoms, args.device))
+        if torch.device(args.device).type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            evaluate(ours, atoms, args.device)
+            peak = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            peak = rss_mib()
+        with FlopCounterMode(display=False) as counter:
+            evaluate(ours, atoms, args.device)
+        flops = counter.get_total_flops()
+        best = min(times["ours"])
+        line = (f"{name:>8} {len(atoms):>6} {1e3 * best:>11.1f} {1e3 * statistics.median(times['ours']):>8.1f} "
+                f"{1e3 * best / len(atoms):>8.3f} {flops / 1e9:>7.2f} {flops / best / 1e9:>8.1f} "
+                f"{100 * flops / best / 1e9 / gemm:>5.0f}% {peak:>9.0f}")
+        if reference is not None:
+            ref_best = min(times["ref"])
+            line += (f" {1e3 * ref_best:>13.1f} {1e3 * statistics.median(times['ref']):>8.1f} "
+                     f"{ref_best / best:>7.1f}x")
+        print(line, flush=True)
+        gc.collect()
+
+
+if __name__ == "__main__":
+    main()
