@@ -3,10 +3,15 @@ from typing import List
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..o3 import Irreps, wigner_3j
 from .activations import ScaledActivation
 from .mlp import RadialMLP
+
+
+#: default number of edges processed at once (about 2 GB of float32 intermediates for SevenNet-0)
+DEFAULT_EDGE_CHUNK = 2**15
 
 
 def convolution_paths(irreps_in: Irreps, irreps_sh: Irreps, lmax_out: int, even_only: bool):
@@ -80,6 +85,8 @@ class TensorProductConv(nn.Module):
         self.radial = RadialMLP(list(radial_sizes) + [sum(muls)], act_radial)
         self.register_buffer("denominator", torch.tensor(float(denominator), dtype=torch.float64), persistent=False)
         self._in_dims = [mul * ir.dim for mul, ir in self.irreps_in]
+        #: edges processed at once; larger graphs are chunked (see :meth:`forward`)
+        self.edge_chunk = DEFAULT_EDGE_CHUNK
 
         sh_offsets = [sl.start for sl in self.irreps_sh.slices()]
         weight_offsets = [sum(muls[:k]) for k in range(len(muls))]
@@ -128,19 +135,43 @@ class TensorProductConv(nn.Module):
     ) -> torch.Tensor:
         """Node features ``(N, irreps_in.dim)``, edge spherical harmonics ``(E, irreps_sh.dim)``, radial
         embedding ``(E, radial_sizes[0])`` and ``edge_index`` ``(2, E)`` (row 0 receives, row 1 sends)
-        → aggregated messages ``(N, irreps_out.dim)``."""
+        → aggregated messages ``(N, irreps_out.dim)``.
+
+        With more than :attr:`edge_chunk` edges, the edges must be sorted by receiver: they are
+        then processed in chunks of whole receivers, and under autograd each chunk's edge-level
+        intermediates are recomputed in the backward pass instead of being kept (memory linear
+        in the number of atoms with a small constant, at the cost of a second forward pass).
+        """
         n, e = x.shape[0], sh.shape[0]
+        if e <= self.edge_chunk:
+            return self._aggregate(x, sh, radial_embedding, edge_index[1], edge_index[0], n)
+        receivers = edge_index[0]
+        rows = sorted(set([0, n] + receivers[self.edge_chunk::self.edge_chunk].tolist()))
+        bounds = torch.searchsorted(receivers, torch.tensor(rows, device=receivers.device)).tolist()
+        parts = []
+        for r0, r1, b0, b1 in zip(rows[:-1], rows[1:], bounds[:-1], bounds[1:]):
+            args = (x, sh[b0:b1], radial_embedding[b0:b1], edge_index[1, b0:b1], receivers[b0:b1] - r0, r1 - r0)
+            if torch.is_grad_enabled():
+                parts.append(checkpoint(self._aggregate, *args, use_reentrant=False))
+            else:
+                parts.append(self._aggregate(*args))
+        return torch.cat(parts)
+
+    def _aggregate(self, x, sh, radial_embedding, senders, receivers, n: int) -> torch.Tensor:
+        """Messages of the edges ``senders → receivers`` summed on ``n`` receiving atoms (indices
+        ``0..n-1``) → ``(n, irreps_out.dim)``."""
+        e = sh.shape[0]
         weights = self.radial(radial_embedding, self._weight_columns)
         weights = weights.split([mul * npath for _, mul, _, npath, _ in self._groups], dim=1)
         # split once rather than slicing per block: a slice's backward allocates a full-size zero tensor
-        x_src = x[edge_index[1]].split(self._in_dims, dim=1)
+        x_src = x[senders].split(self._in_dims, dim=1)
         out = []
         for g, (i_in, mul, d1, npath, width) in enumerate(self._groups):
             edge_map = (sh @ getattr(self, f"_coupling_{g}")).reshape(e, d1, width)  # (E, d1, width)
             m = torch.bmm(x_src[i_in].reshape(e, mul, d1), edge_map)  # (E, mul, width)
             w = weights[g].reshape(e * mul, npath) @ getattr(self, f"_expand_{g}")  # (E·mul, width)
             message = (m.reshape(e * mul, width) * w).reshape(e, mul * width)
-            out.append(torch.zeros(n, mul * width, dtype=x.dtype, device=x.device).index_add_(0, edge_index[0], message))
+            out.append(torch.zeros(n, mul * width, dtype=x.dtype, device=x.device).index_add_(0, receivers, message))
         out = torch.cat(out, dim=1) if len(out) > 1 else out[0]
         return out.index_select(1, self._out_columns) / self.denominator
 

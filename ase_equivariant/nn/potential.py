@@ -109,6 +109,12 @@ class EquivariantPotential(nn.Module):
         self.register_buffer("energy_scale", torch.ones(len(c.species), dtype=torch.float64))
         self.register_buffer("energy_shift", torch.zeros(len(c.species), dtype=torch.float64))
 
+    def set_edge_chunk(self, edges: int):
+        """Process at most ``edges`` edges at once in each convolution (default
+        ``DEFAULT_EDGE_CHUNK``): lower it to save memory, raise it to save the recomputation."""
+        for block in self.blocks:
+            block.conv.edge_chunk = int(edges)
+
     @property
     def cutoff(self) -> float:
         """The radial cutoff in Å."""
@@ -143,7 +149,8 @@ class EquivariantPotential(nn.Module):
         Args:
             positions: ``(N, 3)`` Cartesian positions in Å.
             numbers: ``(N,)`` atomic numbers.
-            edge_index: ``(2, E)`` int64 pairs ``(i, j)`` with ``|D_ij| < cutoff``, both directions.
+            edge_index: ``(2, E)`` int64 pairs ``(i, j)`` with ``|D_ij| < cutoff``, both directions
+                (best sorted by ``i``, as our neighbour list returns them; others are sorted here).
             shifts: ``(E, 3)`` integer cell shifts ``S`` with ``D_ij = r_j - r_i + S @ cell``.
             cell: ``(3, 3)`` lattice vectors as rows, in Å (any value when ``shifts`` is all zero).
 
@@ -151,6 +158,9 @@ class EquivariantPotential(nn.Module):
             ``(N,)`` energies, of the dtype of the weights.
         """
         types = self.species_index(numbers)
+        if edge_index.shape[1] > 1 and bool((edge_index[0, 1:] < edge_index[0, :-1]).any()):
+            order = torch.argsort(edge_index[0], stable=True)  # receivers in order, for edge chunking
+            edge_index, shifts = edge_index[:, order], shifts[order]
         i, j = edge_index[0], edge_index[1]
         vectors = positions[j] - positions[i] + shifts.to(positions.dtype) @ cell
         r = torch.linalg.vector_norm(vectors, dim=1)
