@@ -1,0 +1,539 @@
+"""Neighbour search: a linear-scaling cell list in torch, a Verlet list with a skin, and an
+ASE-compatible :func:`neighbor_list`.
+
+Conventions (shared by everything in this module):
+
+* ``positions`` is an ``(N, 3)`` float tensor in Å, ``cell`` a ``(3, 3)`` tensor whose *rows* are
+  the lattice vectors (Å), ``pbc`` three booleans.  A cell row along a non-periodic axis is never
+  used and may be zero (a molecule needs no cell at all).
+* An edge is a triple ``(i, j, S)``: ``edge_index[0] = i``, ``edge_index[1] = j`` and ``S`` the
+  integer cell shift, with displacement ``D = positions[j] - positions[i] + S @ cell`` (exactly
+  :func:`edge_vectors`).  ``S`` is zero along non-periodic axes.
+* The list is *full* (both ``i -> j`` and ``j -> i``), keeps every periodic image within the
+  cutoff as its own edge (self-images of an atom included, so cutoffs larger than the cell are
+  fine), uses the strict test ``|D| < cutoff`` and is sorted by ``i``.
+"""
+import math
+import numbers
+import threading
+
+import numpy as np
+import torch
+
+__all__ = ["cell_list", "edge_vectors", "NeighborList", "neighbor_list"]
+
+# Bins are about cutoff / _BINS_PER_CUTOFF wide: finer bins test fewer far-away candidates.
+_BINS_PER_CUTOFF = 2
+# Candidate pairs tested per vectorised step; bounds the memory of one call (~100 bytes each).
+_CANDIDATES_PER_CHUNK = 1 << 18
+# Lower bound of |det| of the unit periodic cell vectors (the sine of the angle for two vectors).
+_MIN_NORMALISED_VOLUME = 1e-8
+
+
+_scratch_buffers = threading.local()
+
+
+def _scratch(name, numel, dtype, device):
+    """A 1-D tensor of ``numel`` elements with undefined contents, reused from call to call.
+
+    Touching freshly allocated memory is slow on CPU (page faults), so the scratch space of the
+    candidate search is kept per thread, sized for the largest chunk seen so far (at most a few
+    times ``_CANDIDATES_PER_CHUNK`` elements per buffer).  Other devices allocate normally.
+    """
+    if torch.device(device).type != "cpu":
+        return torch.empty(numel, dtype=dtype, device=device)
+    buffers = _scratch_buffers.__dict__.setdefault("buffers", {})
+    buffer = buffers.get((name, dtype))
+    if buffer is None or buffer.numel() < numel:
+        buffer = buffers[(name, dtype)] = torch.empty(numel, dtype=dtype)
+    return buffer[:numel]
+
+
+def _check_cutoff(cutoff, name="cutoff"):
+    """Return ``cutoff`` as a float, or raise ValueError unless it is a finite positive number."""
+    if isinstance(cutoff, torch.Tensor) and cutoff.numel() == 1:
+        cutoff = cutoff.item()
+    if isinstance(cutoff, bool) or not isinstance(cutoff, numbers.Real):
+        raise ValueError(f"{name} must be a finite positive number, got {cutoff!r}")
+    cutoff = float(cutoff)
+    if not (math.isfinite(cutoff) and cutoff > 0):
+        raise ValueError(f"{name} must be a finite positive number, got {cutoff!r}")
+    return cutoff
+
+
+def _check_system(positions, cell, pbc):
+    """Validate one structure before any work.
+
+    Returns ``(positions, cell, pbc, basis)``: positions ``(N, 3)`` float32/float64 tensor, cell
+    ``(3, 3)`` of the same dtype and device, pbc a tuple of three bools, and basis the ``(3, 3)``
+    float64 CPU matrix of :func:`_effective_basis`.
+    """
+    positions = torch.as_tensor(positions)
+    if positions.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"positions must be float32 or float64, got {positions.dtype}")
+    if positions.ndim != 2 or positions.shape[1] != 3:
+        raise ValueError(f"positions must have shape (N, 3), got {tuple(positions.shape)}")
+    cell = torch.as_tensor(cell, dtype=positions.dtype, device=positions.device)
+    if cell.shape != (3, 3):
+        raise ValueError(f"cell must have shape (3, 3), got {tuple(cell.shape)}")
+    pbc = torch.as_tensor(pbc, dtype=torch.bool).cpu()
+    if pbc.ndim == 0:
+        pbc = pbc.expand(3)
+    if pbc.shape != (3,):
+        raise ValueError(f"pbc must be one bool or three bools, got shape {tuple(pbc.shape)}")
+    pbc = tuple(bool(p) for p in pbc.tolist())
+    if not bool(torch.isfinite(cell).all()):
+        raise ValueError("cell contains NaN or inf")
+    if not bool(torch.isfinite(positions).all()):
+        raise ValueError("positions contain NaN or inf")
+    basis = _effective_basis(cell.detach().to("cpu", torch.float64), pbc)
+    return positions.detach(), cell.detach(), pbc, basis
+
+
+def _effective_basis(cell, pbc):
+    """Cell rows along periodic axes, an orthonormal completion along the others.
+
+    cell: ``(3, 3)`` float64 CPU tensor.  Returns a non-singular ``(3, 3)`` float64 matrix whose
+    periodic rows are those of ``cell`` and whose other rows are unit vectors orthogonal to the
+    periodic rows and to each other (the identity for a molecule), so fractional coordinates
+    along non-periodic axes are plain lengths in Å.  Raises ValueError when the periodic rows are
+    zero or linearly dependent.
+    """
+    periodic = [k for k in range(3) if pbc[k]]
+    rows = cell[periodic]
+    norms = rows.norm(dim=1)
+    for k, norm in zip(periodic, norms.tolist()):
+        if not norm > 0:
+            raise ValueError(f"singular cell: cell vector {k} is zero but pbc[{k}] is True")
+    unit = rows / norms[:, None]
+    if len(periodic) == 0:
+        completion = torch.eye(3, dtype=torch.float64)
+    elif len(periodic) == 1:
+        a = unit[0]
+        e = torch.eye(3, dtype=torch.float64)[int(a.abs().argmin())]
+        u = e - (e @ a) * a
+        u = u / u.norm()
+        completion = torch.stack([u, torch.linalg.cross(a, u)])
+    elif len(periodic) == 2:
+        normal = torch.linalg.cross(unit[0], unit[1])
+        completion = (normal / normal.norm())[None]
+    else:
+        completion = unit[:0]
+    if len(periodic) >= 2:
+        volume = torch.linalg.det(torch.cat([unit, completion])).abs().item()
+        if not volume > _MIN_NORMALISED_VOLUME:
+            raise ValueError(
+                "singular cell: the periodic cell vectors "
+                f"{periodic} are (nearly) linearly dependent (normalised volume {volume:.3g})"
+            )
+    basis = torch.empty(3, 3, dtype=torch.float64)
+    basis[periodic] = rows
+    basis[[k for k in range(3) if not pbc[k]]] = completion
+    return basis
+
+
+def _rounding_margin(positions, cell, cutoff):
+    """A length (Å) well above the rounding error of any displacement computed in this dtype."""
+    scale = cutoff + cell.abs().sum().item()
+    if positions.shape[0]:
+        scale += positions.abs().max().item()
+    return 64 * torch.finfo(positions.dtype).eps * scale
+
+
+def edge_vectors(positions, cell, edge_index, shifts):
+    """Displacements ``D = positions[j] - positions[i] + shifts @ cell`` of every edge.
+
+    positions ``(N, 3)``, cell ``(3, 3)``, edge_index ``(2, E)`` int64, shifts ``(E, 3)`` int64.
+    Returns ``(E, 3)`` in the dtype of ``positions`` (Å).  This is the exact formula the cutoff
+    test of this module uses, so ``edge_vectors(...).norm`` of returned edges is below the cutoff.
+    """
+    return positions[edge_index[1]] - positions[edge_index[0]] + shifts.to(positions.dtype) @ cell
+
+
+def _within(positions, cell, i, j, shifts, cutoff):
+    """Boolean ``(E,)`` mask of ``|D| < cutoff`` for edges ``(i, j, shifts)``."""
+    d = edge_vectors(positions, cell, torch.stack([i, j]), shifts)
+    return (d * d).sum(dim=1).sqrt() < cutoff
+
+
+def _bins(frac, pbc, heights, bin_cutoff, max_bins):
+    """Sort atoms into a grid of bins.
+
+    frac ``(N, 3)`` float64: fractional coordinates along periodic axes, Å along the others.
+    heights ``(3,)``: perpendicular heights of the cell (Å) along periodic axes.  Returns
+    ``(bins, wraps, n, m)``: bins ``(N, 3)`` int64 bin coordinates in ``[0, n)``; wraps
+    ``(N, 3)`` int64 lattice translations that bring each atom into the cell (zero along
+    non-periodic axes); ``n`` the bins per axis and ``m`` how many neighbouring bins each side
+    can hold an atom within ``bin_cutoff`` (``m`` may exceed ``n`` when the cutoff is larger than
+    the cell).  Along non-periodic axes the grid spans the atoms' bounding box.
+    """
+    n_atoms = frac.shape[0]
+    wraps = torch.zeros(n_atoms, 3, dtype=torch.int64, device=frac.device)
+    scaled = torch.empty_like(frac)  # coordinate in units of the grid extent, in [0, 1]
+    extent = []
+    for k in range(3):
+        if pbc[k]:
+            floor = torch.floor(frac[:, k])
+            wraps[:, k] = floor.to(torch.int64)
+            scaled[:, k] = frac[:, k] - floor
+            extent.append(heights[k])
+        else:
+            lo, hi = frac[:, k].aminmax()
+            length = (hi - lo).item()
+            scaled[:, k] = (frac[:, k] - lo) / length if length > 0 else 0.0
+            extent.append(length)
+
+    def reach(k, nk):
+        if pbc[k]:
+            return math.ceil(bin_cutoff * nk / extent[k])
+        return min(math.ceil(bin_cutoff * nk / extent[k]), nk - 1) if nk > 1 else 0
+
+    n = [max(1, int(_BINS_PER_CUTOFF * extent[k] / bin_cutoff)) for k in range(3)]
+    m = [reach(k, n[k]) for k in range(3)]
+    while math.prod(nk + 2 * mk for nk, mk in zip(n, m)) > max_bins and max(n) > 1:
+        k = max(range(3), key=lambda k: n[k])
+        n[k] = max(1, n[k] // 2)
+        m[k] = reach(k, n[k])
+    n_t = torch.tensor(n, dtype=torch.float64, device=frac.device)
+    bins = torch.minimum(torch.floor(scaled * n_t), n_t - 1).to(torch.int64)
+    return bins, wraps, n, m
+
+
+def _images(bins, pbc, n, m):
+    """All periodic images whose bin lies in the grid padded by ``m`` bins on each side.
+
+    Returns ``(atom, coords, shift)``: ``(M,)`` atom index, ``(M, 3)`` padded-grid bin
+    coordinates in ``[-m, n + m)`` and ``(M, 3)`` lattice shift of each image.  Padding along a
+    non-periodic axis stays empty.
+    """
+    atom = torch.arange(bins.shape[0], device=bins.device)
+    coords = bins
+    shift = torch.zeros_like(bins)
+    for k in range(3):
+        reps = math.ceil(m[k] / n[k]) if pbc[k] else 0
+        if reps == 0:
+            continue
+        s = torch.arange(-reps, reps + 1, device=bins.device)
+        c = coords[:, k, None] + s * n[k]
+        entry, which = torch.nonzero((c >= -m[k]) & (c < n[k] + m[k]), as_tuple=True)
+        atom, coords, shift = atom[entry], coords[entry].clone(), shift[entry].clone()
+        coords[:, k] = c[entry, which]
+        shift[:, k] = s[which]
+    return atom, coords, shift
+
+
+class _Grid:
+    """The periodic images of all atoms, sorted into a grid of bins padded by ``m`` bins.
+
+    The padded grid is linearised with the axis of most neighbouring bins (the "strip" axis)
+    running fastest, so a run of ``2 m + 1`` consecutive bins along it is one contiguous range
+    of sorted images.  Attributes (``M`` images, ``N`` atoms):
+
+    * ``image_atom`` ``(M,)``, ``image_shift`` ``(M, 3)``: atom and lattice shift of each image;
+    * ``bin_start`` ``(n_bins + 1,)``: images of bin ``b`` are ``bin_start[b]:bin_start[b + 1]``;
+    * ``own_image`` ``(N,)``: where each atom's unshifted image landed;
+    * ``atom_bin`` ``(N,)``: padded-grid index of the first bin of each atom's first strip;
+    * ``strip_offsets`` ``(R,)``: bin offsets of the ``R`` strips around an atom (``R // 2`` is
+      the atom's own strip); ``strip_length``: bins per strip.
+    """
+
+    def __init__(self, bins, pbc, n, m):
+        device = bins.device
+        strip = max(range(3), key=lambda k: m[k])
+        a, b = [k for k in range(3) if k != strip]
+        size = [nk + 2 * mk for nk, mk in zip(n, m)]
+        stride = [0, 0, 0]
+        stride[strip], stride[a], stride[b] = 1, size[strip], size[strip] * size[a]
+        stride = torch.tensor(stride, device=device)
+        atom, coords, shift = _images(bins, pbc, n, m)
+        key = ((coords + torch.tensor(m, device=device)) * stride).sum(dim=1)
+        order = torch.argsort(key, stable=True)
+        n_bins = math.prod(size)
+        self.bin_start = torch.zeros(n_bins + 1, dtype=torch.int64, device=device)
+        self.bin_start[1:] = torch.cumsum(torch.bincount(key, minlength=n_bins), dim=0)
+        self.image_atom = atom.index_select(0, order)
+        self.image_shift = shift.index_select(0, order)
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(order.numel(), device=device)
+        own = torch.nonzero((shift == 0).all(dim=1)).squeeze(1)
+        self.own_image = torch.empty(bins.shape[0], dtype=torch.int64, device=device)
+        self.own_image[atom[own]] = rank[own]
+        self.atom_bin = (bins * stride).sum(dim=1)
+        offsets_a = torch.arange(2 * m[a] + 1, device=device) * stride[a]
+        offsets_b = torch.arange(2 * m[b] + 1, device=device) * stride[b]
+        self.strip_offsets = (offsets_a[:, None] + offsets_b[None, :]).reshape(-1)
+        self.strip_length = 2 * m[strip] + 1
+
+    def ranges(self, a0, a1, self_interaction):
+        """Image ranges to search for atoms ``a0:a1``: ``(start, count)``, each ``(A, R')``.
+
+        Without self-interaction the atom's own strip is split in two ranges around its own
+        image (``R' = R + 1``), so an atom never meets itself unshifted.
+        """
+        first = self.atom_bin[a0:a1, None] + self.strip_offsets
+        start = self.bin_start[first]
+        end = self.bin_start[first + self.strip_length]
+        if not self_interaction:
+            middle = self.strip_offsets.numel() // 2
+            own = self.own_image[a0:a1, None]
+            start = torch.cat([start, own + 1], dim=1)
+            end = torch.cat([end, end[:, middle, None]], dim=1)
+            end[:, middle, None] = own
+        return start, end - start
+
+
+def _chunks(totals, limit):
+    """Split atoms into runs ``(a0, a1)`` of about ``limit`` candidates (``totals`` ``(N,)``)."""
+    ends = torch.cumsum(totals, dim=0)
+    marks = torch.arange(1, int(ends[-1]) // limit + 1, device=totals.device) * limit
+    cuts = torch.searchsorted(ends, marks, right=True).tolist()
+    bounds = sorted(set([0, totals.numel()] + [c for c in cuts if 0 < c < totals.numel()]))
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _cell_list(positions, cell, pbc, basis, cutoff, self_interaction, max_bins):
+    """Core of :func:`cell_list` on validated inputs (see there)."""
+    device, dtype = positions.device, positions.dtype
+    n_atoms = positions.shape[0]
+    if n_atoms == 0:
+        return (torch.empty(2, 0, dtype=torch.int64, device=device),
+                torch.empty(0, 3, dtype=torch.int64, device=device))
+    if max_bins is None:
+        max_bins = 8 * n_atoms + 4096
+    # Candidates are measured from wrapped positions, which differ from the exact formula of
+    # edge_vectors by rounding only: below cutoff - margin a pair is in, at cutoff + margin or
+    # above it is out, and the few in between are decided by the exact formula.
+    margin = _rounding_margin(positions, cell, cutoff)
+    inv = torch.linalg.inv(basis)
+    heights = (1.0 / inv.norm(dim=0)).tolist()
+    frac = positions.to(torch.float64) @ inv.to(device)
+    bins, wraps, n, m = _bins(frac, pbc, heights, (cutoff + margin) * (1 + 1e-9), max_bins)
+    grid = _Grid(bins, pbc, n, m)
+    wrapped = positions - wraps.to(dtype) @ cell
+    # Image coordinates (3, M), then one point at infinity that pads _candidates' rows.
+    image_pos = torch.full((3, grid.image_atom.numel() + 1), math.inf, dtype=dtype, device=device)
+    image_pos[:, :-1] = (wrapped.index_select(0, grid.image_atom)
+                         + grid.image_shift.to(dtype) @ cell).T
+    wrapped = wrapped.T.contiguous()
+    wrapped_any = bool(wraps.any())
+
+    def pairs(i, image, j=None, shifts=None):
+        """Second atom ``(P,)`` and cell shift ``(P, 3)`` of pairs (atom, sorted image);
+        written into ``j`` and ``shifts`` when given."""
+        j = torch.index_select(grid.image_atom, 0, image, out=j)
+        shifts = torch.index_select(grid.image_shift, 0, image, out=shifts)
+        if wrapped_any:
+            shifts += wraps.index_select(0, i) - wraps.index_select(0, j)
+        return j, shifts
+
+    # Candidates per atom decide the chunks and bound the number of pairs, so the outputs can
+    # be filled chunk by chunk (their untouched tail costs no memory).
+    block = max(1, _CANDIDATES_PER_CHUNK // grid.strip_offsets.numel())
+    totals = torch.cat([grid.ranges(a0, min(a0 + block, n_atoms), self_interaction)[1].sum(dim=1)
+                        for a0 in range(0, n_atoms, block)])
+    capacity = int(totals.sum())
+    found_j = torch.empty(capacity, dtype=torch.int64, device=device)
+    found_shifts = torch.empty(capacity, 3, dtype=torch.int64, device=device)
+    per_atom = torch.zeros(n_atoms, dtype=torch.int64, device=device)
+    n_found = 0
+    for a0, a1 in _chunks(totals, _CANDIDATES_PER_CHUNK):
+        start, count = grid.ranges(a0, a1, self_interaction)
+        i, image, d2 = _candidates(a0, start, count, wrapped, image_pos, cutoff + margin)
+        border = torch.nonzero(d2 >= (cutoff - margin) ** 2).squeeze(1)
+        if border.numel():
+            j, shifts = pairs(i[border], image[border])
+            out = border[~_within(positions, cell, i[border], j, shifts, cutoff)]
+            keep = torch.ones_like(i, dtype=torch.bool)
+            keep[out] = False
+            i, image = i[keep], image[keep]
+        n_new = n_found + i.numel()
+        pairs(i, image, found_j[n_found:n_new], found_shifts[n_found:n_new])
+        per_atom[a0:a1] = torch.bincount(i - a0, minlength=a1 - a0)
+        n_found = n_new
+    edge_index = torch.empty(2, n_found, dtype=torch.int64, device=device)
+    edge_index[0] = torch.repeat_interleave(per_atom, output_size=n_found)
+    edge_index[1] = found_j[:n_found]
+    return edge_index, found_shifts[:n_found]
+
+
+def _candidates(first_atom, start, count, wrapped, image_pos, cutoff):
+    """Measure the candidate pairs of some consecutive atoms; keep those within the cutoff.
+
+    start, count ``(A, R)``: for each of ``A`` atoms numbered from ``first_atom``, ``R``
+    contiguous ranges of sorted images.  wrapped ``(3, N)``: atom coordinates.  image_pos
+    ``(3, M + 1)``: image coordinates followed by a point at infinity.  Returns
+    ``(i, image, d2)``, each ``(P,)``: atom index, sorted image index and squared distance
+    (``< cutoff ** 2``) of the pairs found, ordered by ``i``.  The results live in scratch
+    space, valid until the next call.
+
+    Each atom's candidates are laid out in consecutive rows of a ``(rows, width)`` matrix (one
+    row for most atoms, several for the few with many candidates), padded up to the end of the
+    atom's last row with the point at infinity; ``width`` is chosen to waste little padding.
+    """
+    device, dtype = start.device, image_pos.dtype
+    n_atoms, n_ranges = count.shape
+    total = count.sum(dim=1)
+    width = _row_width(total)
+    rows = torch.div(total + width - 1, width, rounding_mode="floor").clamp_(min=1)
+    row_end = torch.cumsum(rows, dim=0)
+    n_rows = int(row_end[-1])
+    atom_start = (row_end - rows) * width  # first slot of each atom
+    # The image index of every slot is a running sum of steps of 1 that jump, at the start of
+    # each range, from where the previous range ended; after an atom's last range they jump to
+    # the point at infinity (clamped there).  Jumps meeting at one slot add up, so empty ranges
+    # cancel out.
+    at_infinity = image_pos.shape[1] - 1
+    end = start + count
+    slot = torch.cat([atom_start[:, None] + torch.cumsum(count, dim=1) - count,
+                      (atom_start + total)[:, None]], dim=1)
+    previous = torch.cat([end.new_zeros(n_atoms, 1), end], dim=1)
+    padding_end = at_infinity + rows * width - total  # running value after each atom's padding
+    previous[1:, 0] = padding_end[:-1]
+    target = torch.cat([start, start.new_full((n_atoms, 1), at_infinity)], dim=1)
+    size = n_rows * width
+    step = _scratch("step", size + 1, torch.int64, device).fill_(1)
+    step.index_add_(0, slot.view(-1), (target - previous).view(-1))
+    image = torch.cumsum(step[:-1], dim=0, out=_scratch("image", size, torch.int64, device))
+    image.sub_(1).clamp_(max=at_infinity)
+    row_atom = torch.repeat_interleave(rows, output_size=n_rows)
+    d2 = _scratch("d2", size, dtype, device)
+    d = _scratch("d", size, dtype, device)
+    for c in range(3):
+        out = d2 if c == 0 else d
+        torch.index_select(image_pos[c], 0, image, out=out)
+        out.view(n_rows, width).sub_(wrapped[c, first_atom:first_atom + n_atoms]
+                                     .index_select(0, row_atom)[:, None])
+        if c == 0:
+            d2.mul_(d2)
+        else:
+            d2.addcmul_(d, d)
+    inside = torch.lt(d2, cutoff * cutoff, out=_scratch("inside", size, torch.bool, device))
+    keep = torch.nonzero(inside, out=_scratch("keep", 0, torch.int64, device)).view(-1)
+    found_image = torch.index_select(image, 0, keep, out=_scratch("found", 0, torch.int64, device))
+    found_d2 = torch.index_select(d2, 0, keep, out=_scratch("found_d2", 0, dtype, device))
+    keep.div_(width, rounding_mode="floor")
+    found_i = torch.index_select(row_atom, 0, keep, out=_scratch("found_i", 0, torch.int64, device))
+    found_i += first_atom
+    return found_i, found_image, found_d2
+
+
+def _row_width(total):
+    """Row width for candidate counts ``total`` ``(A,)`` that minimises the padded size."""
+    widths = torch.quantile(total.to(torch.float64),
+                            torch.tensor([0.5, 0.75, 0.9, 1.0], dtype=torch.float64,
+                                         device=total.device)).ceil().clamp_(min=1).to(torch.int64)
+    padded = (torch.div(total[:, None] + widths - 1, widths, rounding_mode="floor").clamp_(min=1)
+              * widths).sum(dim=0)
+    return int(widths[int(torch.argmin(padded))])
+
+
+def cell_list(positions, cell, pbc, cutoff, self_interaction=False, max_bins=None):
+    """Full neighbour list of one structure with a linear-scaling cell list.
+
+    Runs in torch on the device of ``positions`` (CPU or CUDA), without Python loops over atoms.
+
+    Parameters
+    ----------
+    positions : ``(N, 3)`` float32/float64 tensor (Å); may lie outside the cell (unwrapped).
+    cell : ``(3, 3)`` tensor, rows are lattice vectors (Å); rows along non-periodic axes are
+        ignored (all zero for a molecule).
+    pbc : three bools (or one), periodicity per cell vector.
+    cutoff : float, Å.  Pairs with ``|D| < cutoff`` (strict) are returned.
+    self_interaction : bool, also return ``(i, i, 0)`` for every atom.
+    max_bins : int, optional cap on the number of bins (memory); default ``8 N + 4096``.
+
+    Returns
+    -------
+    edge_index : ``(2, E)`` int64, ``edge_index[0] = i``, ``edge_index[1] = j``, sorted by ``i``.
+    shifts : ``(E, 3)`` int64 cell shifts ``S``, with ``D = positions[j] - positions[i] +
+        S @ cell`` (see :func:`edge_vectors`) for the positions as given.
+
+    Every periodic image within the cutoff is its own edge, self-images included.  Raises
+    ValueError, before any work, for wrong shapes or dtypes, NaN/inf, a cutoff that is not a
+    finite positive number, or a singular cell along a periodic axis.
+    """
+    positions, cell, pbc, basis = _check_system(positions, cell, pbc)
+    cutoff = _check_cutoff(cutoff)
+    with torch.no_grad():
+        return _cell_list(positions, cell, pbc, basis, cutoff, bool(self_interaction), max_bins)
+
+
+class NeighborList:
+    """Verlet neighbour list: a cell list built at ``cutoff + skin``, reused while it can be.
+
+    ``update(positions, cell, pbc)`` returns exactly what ``cell_list(positions, cell, pbc,
+    cutoff, self_interaction)`` would (the same set of edges, sorted by ``i``), but rebuilds the
+    list only when needed.  The stored list holds every edge shorter than ``cutoff + skin`` at
+    the last build; it still holds every edge shorter than ``cutoff`` as long as
+
+        2 * max_i |u_i| + (cutoff + skin) * ||A - 1||_2 <= skin
+
+    where ``A = B0^-1 B`` maps the cell at the last build (``B0``) to the current one (``B``) and
+    ``u_i = r_i - r0_i A`` is each atom's displacement apart from the affine deformation of the
+    cell (for a fixed cell: how far it moved since the last build).  So a rigid cell allows
+    moves of up to ``skin / 2``, and a cell that deforms (NPT) uses up part of the skin the way
+    LAMMPS accounts for box changes.  A change of ``pbc``, of the number of atoms, of dtype or
+    device, and ``skin=0`` always rebuild.  Positions wrapped back into the cell count as large
+    moves (they rebuild).
+
+    Parameters
+    ----------
+    cutoff : float, Å.
+    skin : float, Å (``>= 0``).
+    self_interaction : bool, also return ``(i, i, 0)`` for every atom.
+
+    Attributes
+    ----------
+    n_builds : int, how many times the list has been built.
+    """
+
+    def __init__(self, cutoff, skin=1.0, self_interaction=False):
+        self.cutoff = _check_cutoff(cutoff)
+        if isinstance(skin, bool) or not isinstance(skin, numbers.Real) or not (
+                math.isfinite(skin) and skin >= 0):
+            raise ValueError(f"skin must be a finite number >= 0, got {skin!r}")
+        self.skin = float(skin)
+        self.self_interaction = bool(self_interaction)
+        self.n_builds = 0
+        self._built = None  # (positions, basis, pbc, edge_index, shifts) of the last build
+
+    def update(self, positions, cell, pbc):
+        """Edges of the current structure.
+
+        positions ``(N, 3)`` float tensor (Å), cell ``(3, 3)`` (rows are lattice vectors), pbc
+        three bools.  Returns ``edge_index`` ``(2, E)`` int64 and ``shifts`` ``(E, 3)`` int64 with
+        ``|positions[j] - positions[i] + shifts @ cell| < cutoff``, on the device of
+        ``positions``, sorted by ``i`` (see :func:`cell_list`).
+        """
+        positions, cell, pbc, basis = _check_system(positions, cell, pbc)
+        with torch.no_grad():
+            if self._needs_build(positions, basis, pbc):
+                edge_index, shifts = _cell_list(positions, cell, pbc, basis,
+                                                self.cutoff + self.skin, self.self_interaction,
+                                                None)
+                self._built = (positions.clone(), basis, pbc, edge_index, shifts)
+                self.n_builds += 1
+            _, _, _, edge_index, shifts = self._built
+            if self.skin == 0:
+                return edge_index, shifts
+            keep = _within(positions, cell, edge_index[0], edge_index[1], shifts, self.cutoff)
+            return edge_index[:, keep], shifts[keep]
+
+    def _needs_build(self, positions, basis, pbc):
+        if self._built is None or self.skin == 0:
+            return True
+        positions0, basis0, pbc0, _, _ = self._built
+        if (pbc != pbc0 or positions.shape != positions0.shape
+                or positions.dtype != positions0.dtype or positions.device != positions0.device):
+            return True
+        if torch.equal(basis, basis0):
+            moved = positions - positions0
+            deformation = 0.0
+        else:
+            affine = torch.linalg.solve(basis0, basis)  # B0^-1 B
+            moved = positions - positions0 @ affine.to(positions)
+            deformation = torch.linalg.matrix_norm(affine - torch.eye(3, dtype=affine.dtype),
+                                                   ord=2).item()
+        largest = torch.linalg.vector_norm(moved, dim=1).max().item() if len(moved) else 0.0
+        tolerance = 2 * _rounding_margin(positions, basis.to(positions), self.cutoff + self.skin)
+        return 2 * largest + (self.cutoff + self.skin) * deformation + tolerance > self.skin
