@@ -537,3 +537,168 @@ class NeighborList:
         largest = torch.linalg.vector_norm(moved, dim=1).max().item() if len(moved) else 0.0
         tolerance = 2 * _rounding_margin(positions, basis.to(positions), self.cutoff + self.skin)
         return 2 * largest + (self.cutoff + self.skin) * deformation + tolerance > self.skin
+
+
+def _pair_cutoff(cutoff, species):
+    """Interpret an ASE-style cutoff for atoms with atomic numbers ``species`` ``(N,)``.
+
+    Returns ``(largest, pair)``: the largest pair cutoff (Å) and a function of ``(i, j)``
+    (int64 tensors ``(E,)``) giving the cutoff of each pair, a float or an ``(E,)`` tensor.
+    """
+    if isinstance(cutoff, dict):
+        from ase.data import atomic_numbers
+        if not cutoff:
+            raise ValueError("cutoff dict is empty: give {(Z1, Z2): r, ...}")
+        table = torch.zeros(119, 119, dtype=torch.float64)
+        for key, value in cutoff.items():
+            if not (isinstance(key, tuple) and len(key) == 2):
+                raise ValueError(f"cutoff dict keys must be pairs of elements, got {key!r}")
+            z = []
+            for element in key:
+                if isinstance(element, str) and element in atomic_numbers:
+                    element = atomic_numbers[element]
+                if isinstance(element, bool) or not isinstance(element, numbers.Integral) or not (
+                        0 <= element < 119):
+                    raise ValueError(f"unknown element {element!r} in cutoff dict key {key!r}")
+                z.append(int(element))
+            value = _check_radius(value, f"cutoff[{key!r}]")
+            table[z[0], z[1]] = table[z[1], z[0]] = value
+        species = torch.as_tensor(np.asarray(species, dtype=np.int64))
+        return float(table.max()), lambda i, j: table[species[i], species[j]]
+    if isinstance(cutoff, numbers.Real) or np.ndim(cutoff) == 0:
+        cutoff = _check_cutoff(cutoff)
+        return cutoff, lambda i, j: cutoff
+    radii = np.asarray(cutoff)
+    if radii.shape != (len(species),) or not np.issubdtype(radii.dtype, np.number):
+        raise ValueError(f"per-atom cutoff radii must be {len(species)} numbers (one per atom), "
+                         f"got an array of shape {radii.shape} and dtype {radii.dtype}")
+    radii = torch.as_tensor(radii, dtype=torch.float64)
+    if not bool(torch.isfinite(radii).all()) or bool((radii < 0).any()):
+        raise ValueError("per-atom cutoff radii must be finite and >= 0")
+    largest = 2 * float(radii.max()) if len(radii) else 0.0
+    return largest, lambda i, j: radii[i] + radii[j]
+
+
+def _check_radius(value, name):
+    """``value`` as a float, or ValueError unless it is a finite number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+            math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _import(module, package):
+    """Import an optional backend, or raise ImportError saying how to install it."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ImportError(f"backend needs the {package!r} package: pip install {package}") from error
+
+
+def _search_torch(positions, cell, pbc, basis, cutoff, max_bins):
+    return _cell_list(positions, cell, pbc, basis, cutoff, False, max_bins)
+
+
+def _search_vesin(positions, cell, pbc, basis, cutoff, max_bins):
+    vesin = _import("vesin", "vesin")
+    i, j, shifts = vesin.NeighborList(cutoff=cutoff, full_list=True).compute(
+        points=positions.numpy(), box=cell.numpy(), periodic=list(pbc), quantities="ijS")
+    return (torch.as_tensor(np.stack([i, j]).astype(np.int64)),
+            torch.as_tensor(shifts.astype(np.int64)))
+
+
+def _search_matscipy(positions, cell, pbc, basis, cutoff, max_bins):
+    neighbours = _import("matscipy.neighbours", "matscipy")
+    # matscipy needs a non-singular cell; rows along non-periodic axes do not enter D.
+    i, j, shifts = neighbours.neighbour_list("ijS", positions=positions.numpy(),
+                                             cell=basis.numpy(), pbc=np.array(pbc),
+                                             cutoff=cutoff)
+    return (torch.as_tensor(np.stack([i, j]).astype(np.int64)),
+            torch.as_tensor(shifts.astype(np.int64)))
+
+
+def _search_torch_cluster(positions, cell, pbc, basis, cutoff, max_bins):
+    torch_cluster = _import("torch_cluster", "torch-cluster")
+    # Wrap atoms into the cell and replicate them over every image that can reach it.
+    inv = torch.linalg.inv(basis)
+    heights = 1.0 / inv.norm(dim=0)
+    frac = positions @ inv
+    wraps = torch.where(torch.tensor(pbc), torch.floor(frac), 0.0).to(torch.int64)
+    wrapped = positions - wraps.to(positions.dtype) @ cell
+    reach = [math.ceil(cutoff / float(heights[k])) if pbc[k] else 0 for k in range(3)]
+    image_shifts = torch.cartesian_prod(*[torch.arange(-r, r + 1) for r in reach]).view(-1, 3)
+    images = (wrapped[None] + (image_shifts.to(positions.dtype) @ cell)[:, None]).reshape(-1, 3)
+    n_atoms = positions.shape[0]
+    limit = 64
+    while True:  # radius() returns at most max_num_neighbors per atom: retry until none is cut
+        i, image = torch_cluster.radius(images, wrapped, cutoff, max_num_neighbors=limit)
+        if i.numel() == 0 or int(torch.bincount(i).max()) < limit:
+            break
+        limit *= 2
+    j = image % n_atoms
+    shifts = image_shifts[image // n_atoms] + wraps[i] - wraps[j]
+    return torch.stack([i, j]), shifts
+
+
+_BACKENDS = {"torch": _search_torch, "vesin": _search_vesin, "matscipy": _search_matscipy,
+             "torch-cluster": _search_torch_cluster}
+
+
+def neighbor_list(quantities, atoms, cutoff, self_interaction=False, max_nbins=None, *,
+                  backend="torch"):
+    """Neighbour list of an :class:`ase.Atoms`, a drop-in for ``ase.neighborlist.neighbor_list``.
+
+    Parameters
+    ----------
+    quantities : str, any of ``"i"`` (first atom), ``"j"`` (second atom), ``"d"`` (distance, Å),
+        ``"D"`` (distance vector ``positions[j] - positions[i] + S @ cell``, Å) and ``"S"``
+        (integer cell shift), returned in that order.
+    atoms : ase.Atoms.
+    cutoff : a float (Å); or one radius per atom (a pair is within ``r_i + r_j``); or a dict
+        ``{(Z1, Z2): r}`` of pair cutoffs (atomic numbers or symbols, symmetric; pairs not in
+        it have no neighbours).
+    self_interaction : bool, also return every atom as its own neighbour (``d = 0``).
+    max_nbins : int, optional limit on the number of bins (memory) of the torch cell list.
+    backend : ``"torch"`` (default, :func:`cell_list`), or ``"vesin"``, ``"matscipy"`` or
+        ``"torch-cluster"`` when that package is installed.  All backends return the same list.
+
+    Returns
+    -------
+    One numpy array per letter, as a tuple (a single array for one letter): ``i``, ``j``
+    ``(E,)`` int64, ``d`` ``(E,)`` float64, ``D`` ``(E, 3)`` float64, ``S`` ``(E, 3)`` int64.
+    The list is full (both ``(i, j)`` and ``(j, i)``), keeps every periodic image within the
+    cutoff, tests ``d < cutoff`` strictly and is sorted by ``i``.
+    """
+    if not isinstance(quantities, str) or set(quantities) - set("ijdDS"):
+        raise ValueError(f"quantities must be a string of the letters i, j, d, D, S; "
+                         f"got {quantities!r}")
+    if backend not in _BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {sorted(_BACKENDS)}")
+    positions, cell, pbc, basis = _check_system(
+        torch.as_tensor(np.asarray(atoms.positions, dtype=np.float64)),
+        torch.as_tensor(np.asarray(atoms.cell.array, dtype=np.float64)), atoms.pbc)
+    largest, pair_cutoff = _pair_cutoff(cutoff, atoms.numbers)
+    if positions.shape[0] and largest > 0:
+        # Ask the backend for a little more, and decide with edge_vectors' exact formula.
+        search = largest + _rounding_margin(positions, cell, largest)
+        with torch.no_grad():
+            edge_index, shifts = _BACKENDS[backend](positions, cell, pbc, basis, search,
+                                                    max_nbins)
+        not_self = (edge_index[0] != edge_index[1]) | (shifts != 0).any(dim=1)
+        edge_index, shifts = edge_index[:, not_self], shifts[not_self]
+    else:
+        edge_index = torch.empty(2, 0, dtype=torch.int64)
+        shifts = torch.empty(0, 3, dtype=torch.int64)
+    if self_interaction:
+        atom = torch.arange(positions.shape[0])
+        edge_index = torch.cat([edge_index, torch.stack([atom, atom])], dim=1)
+        shifts = torch.cat([shifts, torch.zeros(len(atom), 3, dtype=torch.int64)])
+    vectors = edge_vectors(positions, cell, edge_index, shifts)
+    distances = (vectors * vectors).sum(dim=1).sqrt()
+    keep = distances < pair_cutoff(edge_index[0], edge_index[1])
+    order = np.argsort(edge_index[0][keep].numpy(), kind="stable")
+    columns = {"i": edge_index[0][keep], "j": edge_index[1][keep], "d": distances[keep],
+               "D": vectors[keep], "S": shifts[keep]}
+    results = tuple(columns[q].numpy()[order] for q in quantities)
+    return results[0] if len(results) == 1 else results
