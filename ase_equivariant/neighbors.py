@@ -270,9 +270,9 @@ class _Grid:
         Without self-interaction the atom's own strip is split in two ranges around its own
         image (``R' = R + 1``), so an atom never meets itself unshifted.
         """
-        first = self.atom_bin[a0:a1, None] + self.strip_offsets
-        start = self.bin_start[first]
-        end = self.bin_start[first + self.strip_length]
+        first = (self.atom_bin[a0:a1, None] + self.strip_offsets).view(-1)
+        start = self.bin_start.index_select(0, first).view(a1 - a0, -1)
+        end = self.bin_start.index_select(0, first + self.strip_length).view(a1 - a0, -1)
         if not self_interaction:
             middle = self.strip_offsets.numel() // 2
             own = self.own_image[a0:a1, None]
@@ -291,6 +291,60 @@ def _chunks(totals, limit):
     return list(zip(bounds[:-1], bounds[1:]))
 
 
+class _Edges:
+    """The edges found so far, stored so that the final arrays need no further copy.
+
+    Second atoms and shifts are appended chunk by chunk; the first atoms (sorted) are filled
+    in at the end from the counts per atom.  ``j`` lives at ``[capacity, capacity + E)`` of one
+    flat buffer and ``i`` goes to ``[capacity - E, capacity)``, so ``edge_index`` is a contiguous
+    view.  The capacity is estimated from the fraction of candidates kept so far, grown when
+    short and trimmed (copied) at the end when far too large.
+    """
+
+    def __init__(self, n_atoms, n_candidates, device):
+        self.n_candidates, self.device = n_candidates, device
+        self.capacity = self.size = self.tested = 0
+        self.ij = self.shifts = None
+        self.per_atom = torch.zeros(n_atoms, dtype=torch.int64, device=device)
+
+    def reserve(self, n_new, n_tested):
+        """Make room for ``n_new`` more edges found among ``n_tested`` more candidates."""
+        self.tested += n_tested
+        needed = self.size + n_new
+        if needed <= self.capacity and self.ij is not None:
+            return
+        expected = (needed * self.n_candidates) // max(1, self.tested)
+        capacity = min(self.n_candidates, max(needed, expected + expected // 5 + 1024,
+                                              2 * self.capacity))
+        ij = torch.empty(2 * capacity, dtype=torch.int64, device=self.device)
+        shifts = torch.empty(capacity, 3, dtype=torch.int64, device=self.device)
+        if self.size:
+            ij[capacity:capacity + self.size] = self.j()
+            shifts[:self.size] = self.shifts[:self.size]
+        self.ij, self.shifts, self.capacity = ij, shifts, capacity
+
+    def j(self, start=0, stop=None):
+        return self.ij[self.capacity + start:self.capacity + (self.size if stop is None else stop)]
+
+    def result(self):
+        """``edge_index`` ``(2, E)`` and ``shifts`` ``(E, 3)`` of all edges, sorted by ``i``."""
+        n = self.size
+        if n == 0:
+            return (torch.empty(2, 0, dtype=torch.int64, device=self.device),
+                    torch.empty(0, 3, dtype=torch.int64, device=self.device))
+        i = self.ij[self.capacity - n:self.capacity]
+        # A running count of the atoms whose edges have started.
+        first_edge = torch.cumsum(self.per_atom, dim=0) - self.per_atom
+        first_edge = first_edge[first_edge < n]
+        i.zero_().index_add_(0, first_edge, torch.ones_like(first_edge))
+        i.cumsum_(dim=0).sub_(1)
+        edge_index = self.ij[self.capacity - n:self.capacity + n].view(2, n)
+        shifts = self.shifts[:n]
+        if self.capacity > n + n // 4 + 4096:  # do not pin much unused memory
+            return edge_index.clone(), shifts.clone()
+        return edge_index, shifts
+
+
 def _cell_list(positions, cell, pbc, basis, cutoff, self_interaction, max_bins):
     """Core of :func:`cell_list` on validated inputs (see there)."""
     device, dtype = positions.device, positions.dtype
@@ -300,22 +354,28 @@ def _cell_list(positions, cell, pbc, basis, cutoff, self_interaction, max_bins):
                 torch.empty(0, 3, dtype=torch.int64, device=device))
     if max_bins is None:
         max_bins = 8 * n_atoms + 4096
-    # Candidates are measured from wrapped positions, which differ from the exact formula of
-    # edge_vectors by rounding only: below cutoff - margin a pair is in, at cutoff + margin or
-    # above it is out, and the few in between are decided by the exact formula.
+    # Candidate pairs are measured from wrapped positions, in float32 unless the coordinates are
+    # too far-flung for it; that differs from the exact formula of edge_vectors by rounding
+    # only: below cutoff - band a pair is in, at cutoff + band or above it is out, and the few
+    # in between are decided exactly.
     margin = _rounding_margin(positions, cell, cutoff)
     inv = torch.linalg.inv(basis)
     heights = (1.0 / inv.norm(dim=0)).tolist()
     frac = positions.to(torch.float64) @ inv.to(device)
-    bins, wraps, n, m = _bins(frac, pbc, heights, (cutoff + margin) * (1 + 1e-9), max_bins)
+    bins, wraps, n, m = _bins(frac, pbc, heights, (cutoff + margin) * 1.001, max_bins)
     grid = _Grid(bins, pbc, n, m)
     wrapped = positions - wraps.to(dtype) @ cell
-    # Image coordinates (3, M), then one point at infinity that pads _candidates' rows.
-    image_pos = torch.full((3, grid.image_atom.numel() + 1), math.inf, dtype=dtype, device=device)
-    image_pos[:, :-1] = (wrapped.index_select(0, grid.image_atom)
-                         + grid.image_shift.to(dtype) @ cell).T
-    wrapped = wrapped.T.contiguous()
+    origin = wrapped.min(dim=0).values  # keeps the coordinates small
+    image_pos = (wrapped.index_select(0, grid.image_atom) + grid.image_shift.to(dtype) @ cell
+                 - origin)
+    search_dtype = torch.float32
+    band = margin + _rounding_margin(image_pos.to(search_dtype), cell, cutoff)
+    if dtype == torch.float64 and band > 1e-4 * cutoff:
+        search_dtype, band = dtype, 2 * margin
+    image_pos = image_pos.T.to(search_dtype)
+    n_images = image_pos.shape[1]
     wrapped_any = bool(wraps.any())
+    wrapped = (wrapped - origin).T.to(search_dtype).contiguous()
 
     def pairs(i, image, j=None, shifts=None):
         """Second atom ``(P,)`` and cell shift ``(P, 3)`` of pairs (atom, sorted image);
@@ -326,49 +386,45 @@ def _cell_list(positions, cell, pbc, basis, cutoff, self_interaction, max_bins):
             shifts += wraps.index_select(0, i) - wraps.index_select(0, j)
         return j, shifts
 
-    # Candidates per atom decide the chunks and bound the number of pairs, so the outputs can
-    # be filled chunk by chunk (their untouched tail costs no memory).
+    # Candidates per atom decide the chunks.
     block = max(1, _CANDIDATES_PER_CHUNK // grid.strip_offsets.numel())
     totals = torch.cat([grid.ranges(a0, min(a0 + block, n_atoms), self_interaction)[1].sum(dim=1)
                         for a0 in range(0, n_atoms, block)])
-    capacity = int(totals.sum())
-    found_j = torch.empty(capacity, dtype=torch.int64, device=device)
-    found_shifts = torch.empty(capacity, 3, dtype=torch.int64, device=device)
-    per_atom = torch.zeros(n_atoms, dtype=torch.int64, device=device)
-    n_found = 0
+    # Points at infinity after the images pad _candidates' rows.
+    image_pos = torch.cat([image_pos, torch.full((3, int(totals.max()) + 1), math.inf,
+                                                 dtype=search_dtype, device=device)], dim=1)
+    edges = _Edges(n_atoms, int(totals.sum()), device)
     for a0, a1 in _chunks(totals, _CANDIDATES_PER_CHUNK):
         start, count = grid.ranges(a0, a1, self_interaction)
-        i, image, d2 = _candidates(a0, start, count, wrapped, image_pos, cutoff + margin)
-        border = torch.nonzero(d2 >= (cutoff - margin) ** 2).squeeze(1)
+        i, image, d2 = _candidates(a0, start, count, wrapped, image_pos, n_images, cutoff + band)
+        border = torch.nonzero(d2 >= (cutoff - band) ** 2).squeeze(1)
         if border.numel():
             j, shifts = pairs(i[border], image[border])
             out = border[~_within(positions, cell, i[border], j, shifts, cutoff)]
             keep = torch.ones_like(i, dtype=torch.bool)
             keep[out] = False
             i, image = i[keep], image[keep]
-        n_new = n_found + i.numel()
-        pairs(i, image, found_j[n_found:n_new], found_shifts[n_found:n_new])
-        per_atom[a0:a1] = torch.bincount(i - a0, minlength=a1 - a0)
-        n_found = n_new
-    edge_index = torch.empty(2, n_found, dtype=torch.int64, device=device)
-    edge_index[0] = torch.repeat_interleave(per_atom, output_size=n_found)
-    edge_index[1] = found_j[:n_found]
-    return edge_index, found_shifts[:n_found]
+        edges.reserve(i.numel(), int(totals[a0:a1].sum()))
+        size = edges.size + i.numel()
+        pairs(i, image, edges.j(edges.size, size), edges.shifts[edges.size:size])
+        edges.per_atom[a0:a1] = torch.bincount(i - a0, minlength=a1 - a0)
+        edges.size = size
+    return edges.result()
 
 
-def _candidates(first_atom, start, count, wrapped, image_pos, cutoff):
+def _candidates(first_atom, start, count, wrapped, image_pos, n_images, cutoff):
     """Measure the candidate pairs of some consecutive atoms; keep those within the cutoff.
 
     start, count ``(A, R)``: for each of ``A`` atoms numbered from ``first_atom``, ``R``
     contiguous ranges of sorted images.  wrapped ``(3, N)``: atom coordinates.  image_pos
-    ``(3, M + 1)``: image coordinates followed by a point at infinity.  Returns
-    ``(i, image, d2)``, each ``(P,)``: atom index, sorted image index and squared distance
-    (``< cutoff ** 2``) of the pairs found, ordered by ``i``.  The results live in scratch
-    space, valid until the next call.
+    ``(3, M + pad)``: coordinates of the ``M = n_images`` sorted images, then points at
+    infinity (``pad`` above any atom's number of candidates).  Returns ``(i, image, d2)``, each
+    ``(P,)``: atom index, sorted image index and squared distance (``< cutoff ** 2``) of the
+    pairs found, ordered by ``i``.  The results live in scratch space, valid until the next call.
 
     Each atom's candidates are laid out in consecutive rows of a ``(rows, width)`` matrix (one
     row for most atoms, several for the few with many candidates), padded up to the end of the
-    atom's last row with the point at infinity; ``width`` is chosen to waste little padding.
+    atom's last row with points at infinity; ``width`` is chosen to waste little padding.
     """
     device, dtype = start.device, image_pos.dtype
     n_atoms, n_ranges = count.shape
@@ -378,23 +434,20 @@ def _candidates(first_atom, start, count, wrapped, image_pos, cutoff):
     row_end = torch.cumsum(rows, dim=0)
     n_rows = int(row_end[-1])
     atom_start = (row_end - rows) * width  # first slot of each atom
-    # The image index of every slot is a running sum of steps of 1 that jump, at the start of
-    # each range, from where the previous range ended; after an atom's last range they jump to
-    # the point at infinity (clamped there).  Jumps meeting at one slot add up, so empty ranges
-    # cancel out.
-    at_infinity = image_pos.shape[1] - 1
+    # The image index of the slots is a running sum of steps of 1 that jump, at the start of
+    # each range, from where the previous range ended (previous slot's value + 1); after an
+    # atom's last range they jump to the points at infinity.  Jumps meeting at one slot add up,
+    # so empty ranges cancel out.
     end = start + count
     slot = torch.cat([atom_start[:, None] + torch.cumsum(count, dim=1) - count,
                       (atom_start + total)[:, None]], dim=1)
-    previous = torch.cat([end.new_zeros(n_atoms, 1), end], dim=1)
-    padding_end = at_infinity + rows * width - total  # running value after each atom's padding
-    previous[1:, 0] = padding_end[:-1]
-    target = torch.cat([start, start.new_full((n_atoms, 1), at_infinity)], dim=1)
+    previous = torch.cat([end.new_ones(n_atoms, 1), end], dim=1)
+    previous[1:, 0] = n_images + (rows * width - total)[:-1]
+    target = torch.cat([start, start.new_full((n_atoms, 1), n_images)], dim=1)
     size = n_rows * width
     step = _scratch("step", size + 1, torch.int64, device).fill_(1)
     step.index_add_(0, slot.view(-1), (target - previous).view(-1))
     image = torch.cumsum(step[:-1], dim=0, out=_scratch("image", size, torch.int64, device))
-    image.sub_(1).clamp_(max=at_infinity)
     row_atom = torch.repeat_interleave(rows, output_size=n_rows)
     d2 = _scratch("d2", size, dtype, device)
     d = _scratch("d", size, dtype, device)
