@@ -13,8 +13,10 @@ Conventions (shared by everything in this module):
   cutoff as its own edge (self-images of an atom included, so cutoffs larger than the cell are
   fine), uses the strict test ``|D| < cutoff`` and is sorted by ``i``.
 """
+import ctypes
 import math
 import numbers
+import sys
 import threading
 
 import numpy as np
@@ -25,7 +27,7 @@ __all__ = ["cell_list", "edge_vectors", "NeighborList", "neighbor_list"]
 # Bins are about cutoff / _BINS_PER_CUTOFF wide: finer bins test fewer far-away candidates.
 _BINS_PER_CUTOFF = 2
 # Candidate pairs tested per vectorised step; bounds the memory of one call (~100 bytes each).
-_CANDIDATES_PER_CHUNK = 1 << 18
+_CANDIDATES_PER_CHUNK = 1 << 19
 # Lower bound of |det| of the unit periodic cell vectors (the sine of the angle for two vectors).
 _MIN_NORMALISED_VOLUME = 1e-8
 
@@ -47,6 +49,25 @@ def _scratch(name, numel, dtype, device):
     if buffer is None or buffer.numel() < numel:
         buffer = buffers[(name, dtype)] = torch.empty(numel, dtype=dtype)
     return buffer[:numel]
+
+
+_HUGE_PAGE = 1 << 21
+_MADV_HUGEPAGE = 14
+_madvise = ctypes.CDLL(None).madvise if sys.platform.startswith("linux") else None
+
+
+def _huge_pages(tensor):
+    """Ask Linux to back a large new CPU tensor with transparent huge pages.
+
+    The edge arrays are fresh memory each call and touching fresh memory page by page costs as
+    much as filling it several times over (page faults).  Only whole 2 MiB pages inside the
+    tensor are advised; where THP is off or the call fails nothing changes.
+    """
+    if _madvise is None or tensor.device.type != "cpu" or tensor.nbytes < 4 * _HUGE_PAGE:
+        return
+    start = -(-tensor.data_ptr() // _HUGE_PAGE) * _HUGE_PAGE
+    end = (tensor.data_ptr() + tensor.nbytes) // _HUGE_PAGE * _HUGE_PAGE
+    _madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), ctypes.c_int(_MADV_HUGEPAGE))
 
 
 def _check_cutoff(cutoff, name="cutoff"):
@@ -263,6 +284,25 @@ class _Grid:
         offsets_b = torch.arange(2 * m[b] + 1, device=device) * stride[b]
         self.strip_offsets = (offsets_a[:, None] + offsets_b[None, :]).reshape(-1)
         self.strip_length = 2 * m[strip] + 1
+        self._shape = (size[b], size[a], size[strip])
+        self._windows = (2 * m[b] + 1, 2 * m[a] + 1)
+
+    def candidates_per_atom(self, self_interaction):
+        """``(N,)`` number of images in the ranges of each atom (see ``ranges``)."""
+        # Images per strip starting at each bin, then summed over the strips of an atom with
+        # running sums along the two other axes of the padded grid.
+        strips = self.bin_start[self.strip_length:] - self.bin_start[:-self.strip_length]
+        boxes = torch.zeros(self._shape, dtype=torch.int64, device=strips.device).view(-1)
+        boxes[:strips.numel()] = strips
+        boxes = boxes.view(self._shape)
+        for dim, window in enumerate(self._windows):
+            running = torch.cumsum(boxes, dim=dim)
+            boxes = running.narrow(dim, window - 1, running.shape[dim] - window + 1).clone()
+            boxes.narrow(dim, 1, boxes.shape[dim] - 1).sub_(
+                running.narrow(dim, 0, running.shape[dim] - window))
+        padded = torch.zeros(self._shape, dtype=torch.int64, device=strips.device)
+        padded[:boxes.shape[0], :boxes.shape[1]] = boxes
+        return padded.view(-1).index_select(0, self.atom_bin) - (0 if self_interaction else 1)
 
     def ranges(self, a0, a1, self_interaction):
         """Image ranges to search for atoms ``a0:a1``: ``(start, count)``, each ``(A, R')``.
@@ -318,6 +358,8 @@ class _Edges:
                                               2 * self.capacity))
         ij = torch.empty(2 * capacity, dtype=torch.int64, device=self.device)
         shifts = torch.empty(capacity, 3, dtype=torch.int64, device=self.device)
+        _huge_pages(ij)
+        _huge_pages(shifts)
         if self.size:
             ij[capacity:capacity + self.size] = self.j()
             shifts[:self.size] = self.shifts[:self.size]
@@ -370,7 +412,7 @@ def _cell_list(positions, cell, pbc, basis, cutoff, self_interaction, max_bins):
                  - origin)
     search_dtype = torch.float32
     band = margin + _rounding_margin(image_pos.to(search_dtype), cell, cutoff)
-    if dtype == torch.float64 and band > 1e-4 * cutoff:
+    if dtype == torch.float64 and band > 2e-3 * cutoff:
         search_dtype, band = dtype, 2 * margin
     image_pos = image_pos.T.to(search_dtype)
     n_images = image_pos.shape[1]
@@ -387,9 +429,7 @@ def _cell_list(positions, cell, pbc, basis, cutoff, self_interaction, max_bins):
         return j, shifts
 
     # Candidates per atom decide the chunks.
-    block = max(1, _CANDIDATES_PER_CHUNK // grid.strip_offsets.numel())
-    totals = torch.cat([grid.ranges(a0, min(a0 + block, n_atoms), self_interaction)[1].sum(dim=1)
-                        for a0 in range(0, n_atoms, block)])
+    totals = grid.candidates_per_atom(self_interaction)
     # Points at infinity after the images pad _candidates' rows.
     image_pos = torch.cat([image_pos, torch.full((3, int(totals.max()) + 1), math.inf,
                                                  dtype=search_dtype, device=device)], dim=1)
@@ -445,9 +485,10 @@ def _candidates(first_atom, start, count, wrapped, image_pos, n_images, cutoff):
     previous[1:, 0] = n_images + (rows * width - total)[:-1]
     target = torch.cat([start, start.new_full((n_atoms, 1), n_images)], dim=1)
     size = n_rows * width
-    step = _scratch("step", size + 1, torch.int64, device).fill_(1)
-    step.index_add_(0, slot.view(-1), (target - previous).view(-1))
-    image = torch.cumsum(step[:-1], dim=0, out=_scratch("image", size, torch.int64, device))
+    step = _scratch("step", size + 1, torch.int32, device).fill_(1)
+    step.index_add_(0, slot.view(-1), (target - previous).view(-1).to(torch.int32))
+    image = torch.cumsum(step[:-1], dim=0, dtype=torch.int32,
+                         out=_scratch("image", size, torch.int32, device))
     row_atom = torch.repeat_interleave(rows, output_size=n_rows)
     d2 = _scratch("d2", size, dtype, device)
     d = _scratch("d", size, dtype, device)
@@ -462,7 +503,7 @@ def _candidates(first_atom, start, count, wrapped, image_pos, n_images, cutoff):
             d2.addcmul_(d, d)
     inside = torch.lt(d2, cutoff * cutoff, out=_scratch("inside", size, torch.bool, device))
     keep = torch.nonzero(inside, out=_scratch("keep", 0, torch.int64, device)).view(-1)
-    found_image = torch.index_select(image, 0, keep, out=_scratch("found", 0, torch.int64, device))
+    found_image = torch.index_select(image, 0, keep, out=_scratch("found", 0, torch.int32, device))
     found_d2 = torch.index_select(d2, 0, keep, out=_scratch("found_d2", 0, dtype, device))
     keep.div_(width, rounding_mode="floor")
     found_i = torch.index_select(row_atom, 0, keep, out=_scratch("found_i", 0, torch.int64, device))

@@ -1,0 +1,91 @@
+"""Neighbour-list benchmark: our torch cell list against vesin, matscipy and ASE.
+
+fcc Cu (a = 3.61 Å), cutoff 5 Å, full list with shifts, from 256 atoms up.  Every code runs in
+the same process on the same structures, interleaved; each time is the minimum over a few
+repeats after a warm-up call.  Prints a markdown table (wall time, ns per pair, ratio to vesin).
+
+    python benchmarks/neighbors.py [--max-atoms 131072] [--repeats 5] [--threads N]
+"""
+import argparse
+import platform
+import time
+
+import numpy as np
+import torch
+from ase.build import bulk
+from ase.neighborlist import neighbor_list as ase_neighbor_list
+
+from ase_equivariant.neighbors import cell_list
+
+CUTOFF = 5.0
+ASE_LIMIT_S = 30.0  # ASE runs only where its previous time predicts less than this
+
+
+def structure(n_cells):
+    return bulk("Cu", "fcc", a=3.61, cubic=True).repeat(n_cells)
+
+
+def codes(atoms):
+    """name -> function computing the full list (i, j, S) of ``atoms``."""
+    import vesin
+    from matscipy.neighbours import neighbour_list as matscipy_neighbour_list
+
+    positions = torch.tensor(atoms.positions)
+    cell = torch.tensor(atoms.cell.array)
+    nl = vesin.NeighborList(cutoff=CUTOFF, full_list=True)
+    return {
+        "ours (torch)": lambda: cell_list(positions, cell, atoms.pbc, CUTOFF),
+        "vesin": lambda: nl.compute(atoms.positions, atoms.cell.array, True, "ijS"),
+        "matscipy": lambda: matscipy_neighbour_list("ijS", atoms, CUTOFF),
+        "ASE": lambda: ase_neighbor_list("ijS", atoms, CUTOFF),
+    }
+
+
+def n_pairs(result):
+    return int(result[0].shape[-1]) if isinstance(result[0], torch.Tensor) else len(result[0])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-atoms", type=int, default=131072)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} torch threads, cutoff {CUTOFF} Å, fcc Cu a=3.61 Å")
+    print("| atoms | pairs | code | time (ms) | ns/pair | / vesin |")
+    print("|------:|------:|------|----------:|--------:|--------:|")
+    ase_time = 0.0
+    for n_cells in (4, 8, 16, 32, 64):
+        atoms = structure(n_cells)
+        if len(atoms) > args.max_atoms:
+            break
+        run = codes(atoms)
+        if 8 * ase_time > ASE_LIMIT_S or (ase_time == 0.0 and len(atoms) > 256):
+            del run["ASE"]
+        pairs = {name: n_pairs(f()) for name, f in run.items()}  # warm-up and check
+        assert len(set(pairs.values())) == 1, pairs
+        repeats = args.repeats if len(atoms) < 100_000 else max(2, args.repeats // 2)
+        best = {name: np.inf for name in run}
+        for _ in range(repeats):  # interleaved, so a busy machine slows all codes alike
+            for name, f in run.items():
+                if name == "ASE" and best[name] < np.inf:
+                    continue  # one timed run of ASE is enough
+                start = time.perf_counter()
+                f()
+                best[name] = min(best[name], time.perf_counter() - start)
+        if "ASE" in run:
+            ase_time = best["ASE"]
+        else:
+            ase_time = np.inf
+        n = pairs["vesin"]
+        for name, seconds in best.items():
+            print(f"| {len(atoms)} | {n} | {name} | {1e3 * seconds:.1f} | {1e9 * seconds / n:.0f} | "
+                  f"{seconds / best['vesin']:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
