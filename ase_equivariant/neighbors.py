@@ -28,6 +28,8 @@ __all__ = ["cell_list", "edge_vectors", "NeighborList", "neighbor_list"]
 _BINS_PER_CUTOFF = 2
 # Candidate pairs tested per vectorised step; bounds the memory of one call (~100 bytes each).
 _CANDIDATES_PER_CHUNK = 1 << 19
+# Periodic images the cell list may hold (it indexes them with int32).
+_MAX_IMAGES = 1 << 30
 # Lower bound of |det| of the unit periodic cell vectors (the sine of the angle for two vectors).
 _MIN_NORMALISED_VOLUME = 1e-8
 
@@ -53,7 +55,10 @@ def _scratch(name, numel, dtype, device):
 
 _HUGE_PAGE = 1 << 21
 _MADV_HUGEPAGE = 14
-_madvise = ctypes.CDLL(None).madvise if sys.platform.startswith("linux") else None
+try:
+    _madvise = ctypes.CDLL(None).madvise if sys.platform.startswith("linux") else None
+except (OSError, AttributeError):  # pragma: no cover - libc without madvise
+    _madvise = None
 
 
 def _huge_pages(tensor):
@@ -153,12 +158,13 @@ def _effective_basis(cell, pbc):
     return basis
 
 
-def _rounding_margin(positions, cell, cutoff):
-    """A length (Å) well above the rounding error of any displacement computed in this dtype."""
+def _rounding_margin(dtype, positions, cell, cutoff):
+    """A length (Å) well above the rounding error of any displacement ``D`` computed in
+    ``dtype`` from these positions ``(N, 3)``, cell ``(3, 3)`` and a cutoff (Å)."""
     scale = cutoff + cell.abs().sum().item()
     if positions.shape[0]:
         scale += positions.abs().max().item()
-    return 64 * torch.finfo(positions.dtype).eps * scale
+    return 64 * torch.finfo(dtype).eps * scale
 
 
 def edge_vectors(positions, cell, edge_index, shifts):
@@ -171,9 +177,9 @@ def edge_vectors(positions, cell, edge_index, shifts):
     return positions[edge_index[1]] - positions[edge_index[0]] + shifts.to(positions.dtype) @ cell
 
 
-def _within(positions, cell, i, j, shifts, cutoff):
-    """Boolean ``(E,)`` mask of ``|D| < cutoff`` for edges ``(i, j, shifts)``."""
-    d = edge_vectors(positions, cell, torch.stack([i, j]), shifts)
+def _within(positions, cell, edge_index, shifts, cutoff):
+    """Boolean ``(E,)`` mask of ``|D| < cutoff`` for edges ``edge_index`` ``(2, E)``, ``shifts``."""
+    d = edge_vectors(positions, cell, edge_index, shifts)
     return (d * d).sum(dim=1).sqrt() < cutoff
 
 
@@ -400,18 +406,22 @@ def _cell_list(positions, cell, pbc, basis, cutoff, self_interaction, max_bins):
     # too far-flung for it; that differs from the exact formula of edge_vectors by rounding
     # only: below cutoff - band a pair is in, at cutoff + band or above it is out, and the few
     # in between are decided exactly.
-    margin = _rounding_margin(positions, cell, cutoff)
+    margin = _rounding_margin(dtype, positions, cell, cutoff)
     inv = torch.linalg.inv(basis)
     heights = (1.0 / inv.norm(dim=0)).tolist()
     frac = positions.to(torch.float64) @ inv.to(device)
     bins, wraps, n, m = _bins(frac, pbc, heights, (cutoff + margin) * 1.001, max_bins)
+    most_images = n_atoms * math.prod(-(-(nk + 2 * mk) // nk) for nk, mk in zip(n, m))
+    if most_images > _MAX_IMAGES:
+        raise ValueError(f"cutoff {cutoff} Å spans too many periodic images (up to "
+                         f"{most_images}) of a cell this thin: heights {heights} Å")
     grid = _Grid(bins, pbc, n, m)
     wrapped = positions - wraps.to(dtype) @ cell
     origin = wrapped.min(dim=0).values  # keeps the coordinates small
     image_pos = (wrapped.index_select(0, grid.image_atom) + grid.image_shift.to(dtype) @ cell
                  - origin)
     search_dtype = torch.float32
-    band = margin + _rounding_margin(image_pos.to(search_dtype), cell, cutoff)
+    band = margin + _rounding_margin(search_dtype, image_pos, cell, cutoff)
     if dtype == torch.float64 and band > 2e-3 * cutoff:
         search_dtype, band = dtype, 2 * margin
     image_pos = image_pos.T.to(search_dtype)
@@ -440,7 +450,7 @@ def _cell_list(positions, cell, pbc, basis, cutoff, self_interaction, max_bins):
         border = torch.nonzero(d2 >= (cutoff - band) ** 2).squeeze(1)
         if border.numel():
             j, shifts = pairs(i[border], image[border])
-            out = border[~_within(positions, cell, i[border], j, shifts, cutoff)]
+            out = border[~_within(positions, cell, torch.stack([i[border], j]), shifts, cutoff)]
             keep = torch.ones_like(i, dtype=torch.bool)
             keep[out] = False
             i, image = i[keep], image[keep]
@@ -610,7 +620,7 @@ class NeighborList:
             _, _, _, edge_index, shifts = self._built
             if self.skin == 0:
                 return edge_index, shifts
-            keep = _within(positions, cell, edge_index[0], edge_index[1], shifts, self.cutoff)
+            keep = _within(positions, cell, edge_index, shifts, self.cutoff)
             return edge_index[:, keep], shifts[keep]
 
     def _needs_build(self, positions, basis, pbc):
@@ -629,7 +639,8 @@ class NeighborList:
             deformation = torch.linalg.matrix_norm(affine - torch.eye(3, dtype=affine.dtype),
                                                    ord=2).item()
         largest = torch.linalg.vector_norm(moved, dim=1).max().item() if len(moved) else 0.0
-        tolerance = 2 * _rounding_margin(positions, basis.to(positions), self.cutoff + self.skin)
+        tolerance = 2 * _rounding_margin(positions.dtype, positions, basis,
+                                         self.cutoff + self.skin)
         return 2 * largest + (self.cutoff + self.skin) * deformation + tolerance > self.skin
 
 
@@ -775,7 +786,7 @@ def neighbor_list(quantities, atoms, cutoff, self_interaction=False, max_nbins=N
     largest, pair_cutoff = _pair_cutoff(cutoff, atoms.numbers)
     if positions.shape[0] and largest > 0:
         # Ask the backend for a little more, and decide with edge_vectors' exact formula.
-        search = largest + _rounding_margin(positions, cell, largest)
+        search = largest + _rounding_margin(positions.dtype, positions, cell, largest)
         with torch.no_grad():
             edge_index, shifts = _BACKENDS[backend](positions, cell, pbc, basis, search,
                                                     max_nbins)

@@ -11,6 +11,7 @@ from ase.build import bulk, molecule
 from ase.geometry import complete_cell
 from ase.neighborlist import neighbor_list as ase_neighbor_list
 
+from ase_equivariant import neighbors
 from ase_equivariant.neighbors import NeighborList, cell_list, edge_vectors, neighbor_list
 
 matscipy_neighbours = pytest.importorskip("matscipy.neighbours")
@@ -245,6 +246,56 @@ def test_float32_agrees_with_float64_away_from_the_cutoff():
             assert abs(np.linalg.norm(d) - cutoff) < 1e-4
 
 
+def test_shells_exactly_at_the_cutoff():
+    cubic = Atoms("Po", cell=np.eye(3) * 2.0, pbc=True) * (3, 4, 5)  # exact coordinates
+    assert len(torch_edges(cubic, 2.0)[0]) == 0
+    assert len(torch_edges(cubic, np.nextafter(2.0, 3.0))[0]) == 6 * len(cubic)
+    assert len(torch_edges(cubic, 2 * np.sqrt(2))[0]) == 6 * len(cubic)
+    fcc = bulk("Cu", "fcc", a=3.61, cubic=True) * 2  # second shell at a = 3.61 Å, up to rounding
+    for cutoff in (3.61, np.nextafter(3.61, 4.0), np.nextafter(3.61, 3.0)):
+        assert_same_edges(torch_edges(fcc, cutoff), ase_edges(fcc, cutoff), f"cutoff {cutoff!r}")
+
+
+def test_many_small_chunks(monkeypatch):
+    # Chunks of a few candidates: many chunks, edge arrays grown several times.
+    monkeypatch.setattr(neighbors, "_CANDIDATES_PER_CHUNK", 300)
+    rng = np.random.default_rng(14)
+    for case in range(40):
+        atoms, cutoff = random_system(rng)
+        assert_same_edges(torch_edges(atoms, cutoff), ase_edges(atoms, cutoff), f"case {case}")
+    atoms = bulk("Cu", "fcc", a=3.61) * (4, 4, 4)
+    assert_same_edges(torch_edges(atoms, 5.0), vesin_edges(atoms, 5.0), "fcc, small chunks")
+
+
+def test_dense_cluster_in_dilute_gas():
+    # Atoms with very different numbers of candidates (rows of several widths).
+    rng = np.random.default_rng(15)
+    cluster = rng.normal(scale=1.5, size=(300, 3)) + 20.0
+    gas = rng.uniform(0.0, 40.0, size=(200, 3))
+    atoms = Atoms("Ar500", positions=np.vstack([gas[:100], cluster, gas[100:]]),
+                  cell=np.eye(3) * 40.0, pbc=True)
+    assert_same_edges(torch_edges(atoms, 3.0), vesin_edges(atoms, 3.0), "cluster in gas")
+    atoms.pbc = False  # ASE takes seconds here
+    assert_same_edges(torch_edges(atoms, 3.0), vesin_edges(atoms, 3.0), "cluster in vacuum")
+
+
+def test_far_apart_fragments():
+    # Coordinates spanning 1e5 Å: too coarse for float32 candidates.
+    water = molecule("H2O")
+    far = water.copy()
+    far.positions += [1e5, -3e4, 2.0]
+    atoms = water + far + molecule("CH4")
+    assert_same_edges(torch_edges(atoms, 2.0), ase_edges(atoms, 2.0), "fragments 1e5 Å apart")
+
+
+@pytest.mark.parametrize("pbc", [True, (True, False, True)])
+def test_thousands_of_atoms_match_vesin(pbc):
+    atoms = bulk("Cu", "fcc", a=3.61) * (12, 12, 12)
+    atoms.rattle(0.3, seed=2)
+    atoms.pbc = pbc
+    assert_same_edges(torch_edges(atoms, 5.0), vesin_edges(atoms, 5.0), f"1728 Cu pbc={pbc}")
+
+
 # ----------------------------------------------------------------------------- invariances
 
 def test_integer_lattice_shifts_of_atoms_do_not_change_i_j_D():
@@ -382,6 +433,7 @@ GOOD = dict(positions=torch.zeros(2, 3, dtype=torch.float64), cell=torch.eye(3) 
     (dict(cutoff=float("nan")), "cutoff must be a finite positive number"),
     (dict(cutoff=float("inf")), "cutoff must be a finite positive number"),
     (dict(cutoff="5"), "cutoff must be a finite positive number"),
+    (dict(cell=torch.eye(3) * 0.01, cutoff=10.0), "spans too many periodic images"),
 ])
 def test_bad_input_raises_naming_the_problem(change, message):
     args = {**GOOD, **change}
