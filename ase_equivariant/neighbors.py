@@ -174,13 +174,30 @@ def edge_vectors(positions, cell, edge_index, shifts):
     Returns ``(E, 3)`` in the dtype of ``positions`` (Å).  This is the exact formula the cutoff
     test of this module uses, so ``edge_vectors(...).norm`` of returned edges is below the cutoff.
     """
-    return positions[edge_index[1]] - positions[edge_index[0]] + shifts.to(positions.dtype) @ cell
+    return (positions.index_select(0, edge_index[1]) - positions.index_select(0, edge_index[0])
+            + shifts.to(positions.dtype) @ cell)
 
 
 def _within(positions, cell, edge_index, shifts, cutoff):
-    """Boolean ``(E,)`` mask of ``|D| < cutoff`` for edges ``edge_index`` ``(2, E)``, ``shifts``."""
-    d = edge_vectors(positions, cell, edge_index, shifts)
-    return (d * d).sum(dim=1).sqrt() < cutoff
+    """Boolean ``(E,)`` mask of ``|D| < cutoff`` for edges ``edge_index`` ``(2, E)``, ``shifts``.
+
+    The same arithmetic as :func:`edge_vectors`, chunk by chunk in reused scratch space (large
+    fresh intermediates are slow to touch)."""
+    device, dtype = positions.device, positions.dtype
+    inside = torch.empty(shifts.shape[0], dtype=torch.bool, device=device)
+    for e0 in range(0, shifts.shape[0], _CANDIDATES_PER_CHUNK):
+        e1 = min(e0 + _CANDIDATES_PER_CHUNK, shifts.shape[0])
+        d = _scratch("within_d", 3 * (e1 - e0), dtype, device).view(-1, 3)
+        other = _scratch("within_other", 3 * (e1 - e0), dtype, device).view(-1, 3)
+        torch.index_select(positions, 0, edge_index[1, e0:e1], out=d)
+        d.sub_(torch.index_select(positions, 0, edge_index[0, e0:e1], out=other))
+        other.copy_(shifts[e0:e1])
+        d.add_(torch.mm(other, cell, out=_scratch("within_shift", 3 * (e1 - e0), dtype,
+                                                   device).view(-1, 3)))
+        length = torch.mul(d[:, 0], d[:, 0], out=_scratch("within_length", e1 - e0, dtype, device))
+        length.addcmul_(d[:, 1], d[:, 1]).addcmul_(d[:, 2], d[:, 2])
+        torch.lt(length.sqrt_(), cutoff, out=inside[e0:e1])
+    return inside
 
 
 def _bins(frac, pbc, heights, bin_cutoff, max_bins):
@@ -620,8 +637,14 @@ class NeighborList:
             _, _, _, edge_index, shifts = self._built
             if self.skin == 0:
                 return edge_index, shifts
-            keep = _within(positions, cell, edge_index, shifts, self.cutoff)
-            return edge_index[:, keep], shifts[keep]
+            keep = torch.nonzero(_within(positions, cell, edge_index, shifts, self.cutoff))
+            keep = keep.view(-1)
+            kept_index = torch.empty(2, keep.numel(), dtype=torch.int64, device=keep.device)
+            kept_shifts = torch.empty(keep.numel(), 3, dtype=torch.int64, device=keep.device)
+            _huge_pages(kept_index)
+            _huge_pages(kept_shifts)
+            torch.index_select(edge_index, 1, keep, out=kept_index)
+            return kept_index, torch.index_select(shifts, 0, keep, out=kept_shifts)
 
     def _needs_build(self, positions, basis, pbc):
         if self._built is None or self.skin == 0:
