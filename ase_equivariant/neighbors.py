@@ -26,8 +26,10 @@ __all__ = ["cell_list", "edge_vectors", "NeighborList", "neighbor_list"]
 
 # Bins are about cutoff / _BINS_PER_CUTOFF wide: finer bins test fewer far-away candidates.
 _BINS_PER_CUTOFF = 2
-# Candidate pairs tested per vectorised step; bounds the memory of one call (~100 bytes each).
+# Candidate pairs tested per vectorised step (~20 bytes of scratch space each).
 _CANDIDATES_PER_CHUNK = 1 << 19
+# Edges measured per step by the exact cutoff test (~80 bytes of scratch space each).
+_EDGES_PER_CHUNK = 1 << 16
 # Periodic images the cell list may hold (it indexes them with int32).
 _MAX_IMAGES = 1 << 30
 # Lower bound of |det| of the unit periodic cell vectors (the sine of the angle for two vectors).
@@ -41,8 +43,9 @@ def _scratch(name, numel, dtype, device):
     """A 1-D tensor of ``numel`` elements with undefined contents, reused from call to call.
 
     Touching freshly allocated memory is slow on CPU (page faults), so the scratch space of the
-    candidate search is kept per thread, sized for the largest chunk seen so far (at most a few
-    times ``_CANDIDATES_PER_CHUNK`` elements per buffer).  Other devices allocate normally.
+    search is kept per thread, sized for the largest chunk seen so far (a few times
+    ``_CANDIDATES_PER_CHUNK`` elements per buffer, some 30 MB in all for uniform systems).
+    Other devices allocate normally.
     """
     if torch.device(device).type != "cpu":
         return torch.empty(numel, dtype=dtype, device=device)
@@ -185,8 +188,8 @@ def _within(positions, cell, edge_index, shifts, cutoff):
     fresh intermediates are slow to touch)."""
     device, dtype = positions.device, positions.dtype
     inside = torch.empty(shifts.shape[0], dtype=torch.bool, device=device)
-    for e0 in range(0, shifts.shape[0], _CANDIDATES_PER_CHUNK):
-        e1 = min(e0 + _CANDIDATES_PER_CHUNK, shifts.shape[0])
+    for e0 in range(0, shifts.shape[0], _EDGES_PER_CHUNK):
+        e1 = min(e0 + _EDGES_PER_CHUNK, shifts.shape[0])
         d = _scratch("within_d", 3 * (e1 - e0), dtype, device).view(-1, 3)
         other = _scratch("within_other", 3 * (e1 - e0), dtype, device).view(-1, 3)
         torch.index_select(positions, 0, edge_index[1, e0:e1], out=d)
@@ -721,7 +724,8 @@ def _import(module, package):
     try:
         return importlib.import_module(module)
     except ImportError as error:
-        raise ImportError(f"backend needs the {package!r} package: pip install {package}") from error
+        raise ImportError(f"this backend needs the {package!r} package: "
+                          f"pip install {package}") from error
 
 
 def _search_torch(positions, cell, pbc, basis, cutoff, max_bins):

@@ -120,7 +120,8 @@ def test_random_systems_match_ase_matscipy_vesin(seed):
     rng = np.random.default_rng(seed)
     for case in range(75):
         atoms, cutoff = random_system(rng)
-        what = f"seed {seed} case {case}: pbc={atoms.pbc.tolist()} cutoff={cutoff:.3f} n={len(atoms)}"
+        what = (f"seed {seed} case {case}: pbc={atoms.pbc.tolist()} cutoff={cutoff:.3f} "
+                f"n={len(atoms)}")
         ours = torch_edges(atoms, cutoff)
         assert_same_edges(ours, ase_edges(atoms, cutoff), what + " vs ASE")
         assert_same_edges(ours, matscipy_edges(atoms, cutoff), what + " vs matscipy")
