@@ -542,10 +542,11 @@ def _candidates(first_atom, start, count, wrapped, image_pos, n_images, cutoff):
 
 
 def _row_width(total):
-    """Row width for candidate counts ``total`` ``(A,)`` that minimises the padded size."""
-    widths = torch.quantile(total.to(torch.float64),
-                            torch.tensor([0.5, 0.75, 0.9, 1.0], dtype=torch.float64,
-                                         device=total.device)).ceil().clamp_(min=1).to(torch.int64)
+    """Row width for candidate counts ``total`` ``(A,)`` that wastes little padding: the
+    largest count (one row per atom), unless rows about the mean count pad much less."""
+    largest, mean = int(total.max()), float(total.sum()) / total.numel()
+    widths = torch.tensor(sorted({max(1, largest), max(1, math.ceil(1.5 * mean)),
+                                  max(1, math.ceil(mean))}), device=total.device)
     padded = (torch.div(total[:, None] + widths - 1, widths, rounding_mode="floor").clamp_(min=1)
               * widths).sum(dim=0)
     return int(widths[int(torch.argmin(padded))])

@@ -79,9 +79,8 @@ def main():
             del run["ASE"]
         pairs = {name: n_pairs(f()) for name, f in run.items()}  # warm-up and check
         assert len(set(pairs.values())) == 1, pairs
-        repeats = args.repeats if len(atoms) < 100_000 else max(2, args.repeats // 2)
         best = {name: np.inf for name in run}
-        for _ in range(repeats):  # interleaved, so a busy machine slows all codes alike
+        for _ in range(args.repeats):  # interleaved, so a busy machine slows all codes alike
             for name, f in run.items():
                 if name == "ASE" and best[name] < np.inf:
                     continue  # one timed run of ASE is enough
