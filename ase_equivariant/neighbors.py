@@ -30,7 +30,7 @@ _BINS_PER_CUTOFF = 2
 _CANDIDATES_PER_CHUNK = 1 << 19
 # Edges measured per step by the exact cutoff test (~80 bytes of scratch space each).
 _EDGES_PER_CHUNK = 1 << 16
-# Periodic images the cell list may hold (it indexes them with int32).
+# Periodic images the cell list may consider (it indexes them with int32).
 _MAX_IMAGES = 1 << 30
 # Lower bound of |det| of the unit periodic cell vectors (the sine of the angle for two vectors).
 _MIN_NORMALISED_VOLUME = 1e-8
@@ -246,27 +246,34 @@ def _bins(frac, pbc, heights, bin_cutoff, max_bins):
     return bins, wraps, n, m
 
 
-def _images(bins, pbc, n, m):
+def _image_reach(pbc, n, m):
+    """How many cells each side the images of an atom can lie (``m`` bins of ``n`` per cell)."""
+    return [math.ceil(mk / nk) if periodic else 0 for periodic, nk, mk in zip(pbc, n, m)]
+
+
+def _images(bins, pbc, n, m, stride):
     """All periodic images whose bin lies in the grid padded by ``m`` bins on each side.
 
-    Returns ``(atom, coords, shift)``: ``(M,)`` atom index, ``(M, 3)`` padded-grid bin
-    coordinates in ``[-m, n + m)`` and ``(M, 3)`` lattice shift of each image.  Padding along a
-    non-periodic axis stays empty.
+    bins ``(N, 3)``: bin coordinates of the atoms; stride: of the linearised padded grid.
+    Returns ``(atom, key, shift, own)``, each ``(M,)`` or ``(M, 3)``: atom index, padded-grid
+    bin index, lattice shift of each image, and whether it is the atom itself (zero shift).
+    Padding along a non-periodic axis stays empty.
     """
-    atom = torch.arange(bins.shape[0], device=bins.device)
-    coords = bins
-    shift = torch.zeros_like(bins)
+    device = bins.device
+    reach = _image_reach(pbc, n, m)
+    valid, keys, shifts = [], [], []
     for k in range(3):
-        reps = math.ceil(m[k] / n[k]) if pbc[k] else 0
-        if reps == 0:
-            continue
-        s = torch.arange(-reps, reps + 1, device=bins.device)
-        c = coords[:, k, None] + s * n[k]
-        entry, which = torch.nonzero((c >= -m[k]) & (c < n[k] + m[k]), as_tuple=True)
-        atom, coords, shift = atom[entry], coords[entry].clone(), shift[entry].clone()
-        coords[:, k] = c[entry, which]
-        shift[:, k] = s[which]
-    return atom, coords, shift
+        shift = torch.arange(-reach[k], reach[k] + 1, device=device)
+        coord = bins[:, k, None] + shift * n[k]  # (N, 2 reach + 1)
+        valid.append((coord >= -m[k]) & (coord < n[k] + m[k]))
+        keys.append(((coord + m[k]) * stride[k]).view(-1))
+        shifts.append(shift)
+    inside = valid[0][:, :, None, None] & valid[1][:, None, :, None] & valid[2][:, None, None, :]
+    atom, *which = torch.nonzero(inside, as_tuple=True)
+    key = sum(keys[k].index_select(0, atom * len(shifts[k]) + which[k]) for k in range(3))
+    shift = torch.stack([shifts[k].index_select(0, which[k]) for k in range(3)], dim=1)
+    own = (which[0] == reach[0]) & (which[1] == reach[1]) & (which[2] == reach[2])
+    return atom, key, shift, own
 
 
 class _Grid:
@@ -291,9 +298,7 @@ class _Grid:
         size = [nk + 2 * mk for nk, mk in zip(n, m)]
         stride = [0, 0, 0]
         stride[strip], stride[a], stride[b] = 1, size[strip], size[strip] * size[a]
-        stride = torch.tensor(stride, device=device)
-        atom, coords, shift = _images(bins, pbc, n, m)
-        key = ((coords + torch.tensor(m, device=device)) * stride).sum(dim=1)
+        atom, key, shift, own = _images(bins, pbc, n, m, stride)
         order = torch.argsort(key, stable=True)
         n_bins = math.prod(size)
         self.bin_start = torch.zeros(n_bins + 1, dtype=torch.int64, device=device)
@@ -302,10 +307,10 @@ class _Grid:
         self.image_shift = shift.index_select(0, order)
         rank = torch.empty_like(order)
         rank[order] = torch.arange(order.numel(), device=device)
-        own = torch.nonzero((shift == 0).all(dim=1)).squeeze(1)
+        own = torch.nonzero(own).squeeze(1)
         self.own_image = torch.empty(bins.shape[0], dtype=torch.int64, device=device)
         self.own_image[atom[own]] = rank[own]
-        self.atom_bin = (bins * stride).sum(dim=1)
+        self.atom_bin = (bins * torch.tensor(stride, device=device)).sum(dim=1)
         offsets_a = torch.arange(2 * m[a] + 1, device=device) * stride[a]
         offsets_b = torch.arange(2 * m[b] + 1, device=device) * stride[b]
         self.strip_offsets = (offsets_a[:, None] + offsets_b[None, :]).reshape(-1)
@@ -431,7 +436,7 @@ def _cell_list(positions, cell, pbc, basis, cutoff, self_interaction, max_bins):
     heights = (1.0 / inv.norm(dim=0)).tolist()
     frac = positions.to(torch.float64) @ inv.to(device)
     bins, wraps, n, m = _bins(frac, pbc, heights, (cutoff + margin) * 1.001, max_bins)
-    most_images = n_atoms * math.prod(-(-(nk + 2 * mk) // nk) for nk, mk in zip(n, m))
+    most_images = n_atoms * math.prod(2 * r + 1 for r in _image_reach(pbc, n, m))
     if most_images > _MAX_IMAGES:
         raise ValueError(f"cutoff {cutoff} Å spans too many periodic images (up to "
                          f"{most_images}) of a cell this thin: heights {heights} Å")
