@@ -115,50 +115,51 @@ def _check_system(positions, cell, pbc):
         raise ValueError("cell contains NaN or inf")
     if not bool(torch.isfinite(positions).all()):
         raise ValueError("positions contain NaN or inf")
-    basis = _effective_basis(cell.detach().to("cpu", torch.float64), pbc)
+    basis = _effective_basis(cell.detach().to("cpu", torch.float64).numpy(), pbc)
     return positions.detach(), cell.detach(), pbc, basis
 
 
 def _effective_basis(cell, pbc):
     """Cell rows along periodic axes, an orthonormal completion along the others.
 
-    cell: ``(3, 3)`` float64 CPU tensor.  Returns a non-singular ``(3, 3)`` float64 matrix whose
-    periodic rows are those of ``cell`` and whose other rows are unit vectors orthogonal to the
-    periodic rows and to each other (the identity for a molecule), so fractional coordinates
-    along non-periodic axes are plain lengths in Å.  Raises ValueError when the periodic rows are
-    zero or linearly dependent.
+    cell: ``(3, 3)`` float64 numpy array.  Returns a non-singular ``(3, 3)`` float64 CPU tensor
+    whose periodic rows are those of ``cell`` and whose other rows are unit vectors orthogonal
+    to the periodic rows and to each other (the identity for a molecule), so fractional
+    coordinates along non-periodic axes are plain lengths in Å.  Raises ValueError when the
+    periodic rows are zero or linearly dependent.
     """
     periodic = [k for k in range(3) if pbc[k]]
     rows = cell[periodic]
-    norms = rows.norm(dim=1)
-    for k, norm in zip(periodic, norms.tolist()):
+    norms = np.linalg.norm(rows, axis=1)
+    for k, norm in zip(periodic, norms):
         if not norm > 0:
             raise ValueError(f"singular cell: cell vector {k} is zero but pbc[{k}] is True")
     unit = rows / norms[:, None]
-    if len(periodic) == 0:
-        completion = torch.eye(3, dtype=torch.float64)
-    elif len(periodic) == 1:
-        a = unit[0]
-        e = torch.eye(3, dtype=torch.float64)[int(a.abs().argmin())]
-        u = e - (e @ a) * a
-        u = u / u.norm()
-        completion = torch.stack([u, torch.linalg.cross(a, u)])
-    elif len(periodic) == 2:
-        normal = torch.linalg.cross(unit[0], unit[1])
-        completion = (normal / normal.norm())[None]
-    else:
-        completion = unit[:0]
-    if len(periodic) >= 2:
-        volume = torch.linalg.det(torch.cat([unit, completion])).abs().item()
+    if len(periodic) >= 2:  # the sine of the angle between two, the volume of three
+        volume = (np.linalg.norm(np.cross(unit[0], unit[1])) if len(periodic) == 2
+                  else abs(np.linalg.det(unit)))
         if not volume > _MIN_NORMALISED_VOLUME:
             raise ValueError(
                 "singular cell: the periodic cell vectors "
                 f"{periodic} are (nearly) linearly dependent (normalised volume {volume:.3g})"
             )
-    basis = torch.empty(3, 3, dtype=torch.float64)
+    if len(periodic) == 0:
+        completion = np.eye(3)
+    elif len(periodic) == 1:
+        a = unit[0]
+        e = np.eye(3)[np.argmin(np.abs(a))]
+        u = e - (e @ a) * a
+        u /= np.linalg.norm(u)
+        completion = np.stack([u, np.cross(a, u)])
+    elif len(periodic) == 2:
+        normal = np.cross(unit[0], unit[1])
+        completion = normal[None] / np.linalg.norm(normal)
+    else:
+        completion = unit[:0]
+    basis = np.empty((3, 3))
     basis[periodic] = rows
     basis[[k for k in range(3) if not pbc[k]]] = completion
-    return basis
+    return torch.from_numpy(basis)
 
 
 def _rounding_margin(dtype, positions, cell, cutoff):
