@@ -575,13 +575,16 @@ def cell_list(positions, cell, pbc, cutoff, self_interaction=False, max_bins=Non
 
     Returns
     -------
-    edge_index : ``(2, E)`` int64, ``edge_index[0] = i``, ``edge_index[1] = j``, sorted by ``i``.
+    edge_index : ``(2, E)`` int64, ``edge_index[0] = i``, ``edge_index[1] = j``; sorted by
+        ``i``, in an order within each ``i`` that depends only on the input.
     shifts : ``(E, 3)`` int64 cell shifts ``S``, with ``D = positions[j] - positions[i] +
         S @ cell`` (see :func:`edge_vectors`) for the positions as given.
 
-    Every periodic image within the cutoff is its own edge, self-images included.  Raises
+    Every periodic image within the cutoff is its own edge, self-images included.  The test
+    ``|D| < cutoff`` is made with :func:`edge_vectors` in the dtype of ``positions``.  Raises
     ValueError, before any work, for wrong shapes or dtypes, NaN/inf, a cutoff that is not a
-    finite positive number, or a singular cell along a periodic axis.
+    finite positive number or a singular cell along a periodic axis; and when the cell is so
+    thin for the cutoff that more than ~10^9 periodic images would be needed.
     """
     positions, cell, pbc, basis = _check_system(positions, cell, pbc)
     cutoff = _check_cutoff(cutoff)
