@@ -1,0 +1,140 @@
+"""The ASE calculator: energies, forces and stresses of a pretrained equivariant potential."""
+import os
+from typing import Optional, Union
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+
+from .models import load_model
+from .neighbors import NeighborList
+from .nn import EquivariantPotential
+
+#: ASE's Voigt order of the stress: xx, yy, zz, yz, xz, xy
+VOIGT = ([0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1])
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class EquivariantCalculator(Calculator):
+    """ASE calculator for an E(3)-equivariant potential (SevenNet-0 by default).
+
+    Energies in eV, forces in eV/Å, stress in eV/Å³ (ASE sign convention: positive = tensile;
+    Voigt order xx, yy, zz, yz, xz, xy). Forces and stress come from one autograd pass through
+    the energy: forces ``-dE/dr`` and stress ``(1/V) dE/dε`` for a symmetric strain ``ε`` applied to
+    positions and cell, so both are exact derivatives of the energy.
+
+    Args:
+        model: a registry name (``"sevennet-0"``), the path of a weight file, or an
+            :class:`~ase_equivariant.nn.EquivariantPotential` instance (used as is).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device``; ``None`` picks CUDA when available.
+        dtype: ``"float32"`` (default) or ``"float64"``.
+        skin: Verlet skin in Å; the neighbour list is built at ``cutoff + skin`` and reused until
+            an atom has moved more than ``skin/2`` (results are identical to ``skin=0``).
+        min_distance: two atoms closer than this (Å) are rejected as overlapping.
+    """
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+
+    def __init__(
+        self,
+        model: Union[str, os.PathLike, EquivariantPotential] = "sevennet-0",
+        device: Union[str, torch.device, None] = None,
+        dtype: Union[str, torch.dtype] = "float32",
+        skin: float = 1.0,
+        min_distance: float = 0.1,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.device = torch.device(device) if device is not None else default_device()
+        if isinstance(model, EquivariantPotential):
+            param = next(model.parameters())
+            self.model, self.dtype, self.device = model.eval(), param.dtype, param.device
+        else:
+            self.model = load_model(model, dtype=dtype, device=self.device)
+            self.dtype = next(self.model.parameters()).dtype
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.neighbors = NeighborList(self.model.cutoff, skin=skin)
+        self.min_distance = float(min_distance)
+        self._known = set(self.model.species)
+
+    def _check(self, atoms):
+        """Raise ``ValueError`` on input the model cannot evaluate, before any work."""
+        if len(atoms) == 0:
+            raise ValueError("cannot evaluate an empty Atoms object: add atoms first")
+        unknown = sorted(set(atoms.numbers.tolist()) - self._known)
+        if unknown:
+            from ase.data import chemical_symbols
+            raise ValueError(
+                "the model does not know element(s) "
+                f"{', '.join(chemical_symbols[z] if 0 < z < len(chemical_symbols) else str(z) for z in unknown)}; "
+                f"it knows: {' '.join(chemical_symbols[z] for z in sorted(self._known))}"
+            )
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        self._check(atoms)
+        periodic = bool(atoms.pbc.all())
+        if "stress" in properties and not periodic:
+            raise PropertyNotImplementedError(
+                f"stress needs a system periodic in all three directions (pbc={atoms.pbc.tolist()}); "
+                "slabs, wires and molecules have no well-defined volume"
+            )
+        gradients = any(p in properties for p in ("forces", "stress"))
+
+        kw = dict(dtype=self.dtype, device=self.device)
+        positions = torch.as_tensor(atoms.positions, **kw)
+        cell = torch.as_tensor(atoms.cell.array, **kw)
+        pbc = torch.as_tensor(atoms.pbc, device=self.device)
+        numbers = torch.as_tensor(atoms.numbers, device=self.device)
+        edge_index, shifts = self.neighbors.update(positions, cell, pbc)
+        self._check_overlap(positions, cell, edge_index, shifts)
+
+        if not gradients:
+            with torch.no_grad():
+                energies = self.model(positions, numbers, edge_index, shifts, cell)
+            self._store(energies)
+            return
+
+        positions.requires_grad_(True)
+        with torch.enable_grad():  # also under a caller's torch.no_grad()
+            inputs = [positions]
+            if periodic:
+                strain = torch.zeros(3, 3, **kw, requires_grad=True)
+                symmetric = 0.5 * (strain + strain.transpose(0, 1))
+                strained_positions = positions + positions @ symmetric
+                cell = cell + cell @ symmetric
+                inputs.append(strain)
+            else:
+                strained_positions = positions
+            energies = self.model(strained_positions, numbers, edge_index, shifts, cell)
+            grads = torch.autograd.grad(energies.sum(), inputs)
+        self._store(energies)
+        self.results["forces"] = -grads[0].detach().cpu().double().numpy()
+        if periodic:
+            virial = grads[1].detach().cpu().double().numpy()
+            self.results["stress"] = virial[VOIGT] / atoms.get_volume()
+
+    def _check_overlap(self, positions, cell, edge_index, shifts):
+        if edge_index.shape[1] == 0:
+            return
+        with torch.no_grad():
+            i, j = edge_index
+            vectors = positions[j] - positions[i] + shifts.to(positions.dtype) @ cell
+            k = int(torch.argmin((vectors * vectors).sum(dim=1)))
+            distance = float(torch.linalg.vector_norm(vectors[k]))
+        if distance < self.min_distance:
+            raise ValueError(
+                f"atoms {int(i[k])} and {int(j[k])} are {distance:.3g} Å apart (closer than "
+                f"min_distance={self.min_distance} Å): they overlap; remove or move one of them"
+            )
+
+    def _store(self, energies: torch.Tensor):
+        energies = energies.detach().cpu().double().numpy()
+        energy = float(energies.sum())
+        self.results.update(energy=energy, free_energy=energy, energies=energies)
