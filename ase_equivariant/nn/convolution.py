@@ -10,8 +10,30 @@ from .activations import ScaledActivation
 from .mlp import RadialMLP
 
 
-#: default number of edges processed at once (about 2 GB of float32 intermediates for SevenNet-0)
+#: default number of edges in a checkpointed segment (about 2 GB of float32 intermediates for SevenNet-0)
 DEFAULT_EDGE_CHUNK = 2**15
+#: default number of edges in a block of work (a few MB of intermediates: cache-sized)
+DEFAULT_EDGE_BLOCK = 512
+
+
+def receiver_blocks(receivers: torch.Tensor, n: int, size: int):
+    """Split edges sorted by receiver into blocks of about ``size`` edges holding whole receivers.
+
+    Args:
+        receivers: ``(E,)`` receiver indices in ``0 .. n-1``, sorted.
+        n: the number of receiving atoms.
+        size: the target number of edges per block.
+
+    Returns:
+        a list of ``(r0, r1, b0, b1)``: block edges ``b0:b1`` are exactly those received by atoms
+        ``r0 .. r1-1``. Blocks cover ``0 .. n`` (a block may have no edges).
+    """
+    e = receivers.shape[0]
+    if e <= size:
+        return [(0, n, 0, e)]
+    rows = sorted(set([0, n] + receivers[size::size].tolist()))
+    bounds = torch.searchsorted(receivers, torch.tensor(rows, device=receivers.device)).tolist()
+    return list(zip(rows[:-1], rows[1:], bounds[:-1], bounds[1:]))
 
 
 def convolution_paths(irreps_in: Irreps, irreps_sh: Irreps, lmax_out: int, even_only: bool):
@@ -85,40 +107,46 @@ class TensorProductConv(nn.Module):
         self.radial = RadialMLP(list(radial_sizes) + [sum(muls)], act_radial)
         self.register_buffer("denominator", torch.tensor(float(denominator), dtype=torch.float64), persistent=False)
         self._in_dims = [mul * ir.dim for mul, ir in self.irreps_in]
-        #: edges processed at once; larger graphs are chunked (see :meth:`forward`)
+        #: edges per checkpointed segment under autograd (see :meth:`forward`)
         self.edge_chunk = DEFAULT_EDGE_CHUNK
+        #: edges per block of work (see :meth:`forward`)
+        self.edge_block = DEFAULT_EDGE_BLOCK
 
         sh_offsets = [sl.start for sl in self.irreps_sh.slices()]
         weight_offsets = [sum(muls[:k]) for k in range(len(muls))]
-        self._groups = []  # (input block, mul, 2l1+1, number of output columns per channel)
+        # Work is channel-last (the channel index u innermost, so elementwise work vectorises) and
+        # grouped by input block; within a block, paths are grouped by l3 so that their radial
+        # weights broadcast over the 2l3+1 components.
+        self._inputs = []  # per input block: (block index, mul, 2l1+1, [(number of paths, 2l3+1) per l3])
         weight_columns, out_columns = [], [None] * len(self.paths)
         grouped_offset = 0
         for i_in, (mul, ir_in) in enumerate(self.irreps_in):
-            ks = [k for k, path in enumerate(self.paths) if path[0] == i_in]
-            if not ks or mul == 0:
+            ks_by_l3 = [
+                [k for k, path in enumerate(self.paths) if path[0] == i_in and path[2][0] == l3]
+                for l3 in sorted({path[2][0] for path in self.paths if path[0] == i_in})
+            ]
+            if not ks_by_l3 or mul == 0:
                 continue
-            dims = [2 * self.paths[k][2][0] + 1 for k in ks]
-            width = sum(dims)
-            coupling = torch.zeros(self.irreps_sh.dim, ir_in.dim, width, dtype=torch.float64)
-            expand = torch.zeros(len(ks), width, dtype=torch.float64)
-            col = 0
-            for p, (k, d3) in enumerate(zip(ks, dims)):
-                _, i_sh, (l3, _) = self.paths[k]
-                l2 = self.irreps_sh[i_sh].ir.l
-                coupling[sh_offsets[i_sh]:sh_offsets[i_sh] + 2 * l2 + 1, :, col:col + d3] = (
-                    wigner_3j(ir_in.l, l2, l3, dtype=torch.float64).transpose(0, 1) * d3**0.5
-                )
-                # where this path's (channel u, component m3) lands in the grouped message layout
-                out_columns[k] = [grouped_offset + u * width + col + m for u in range(mul) for m in range(d3)]
-                expand[p, col:col + d3] = 1.0
-                col += d3
-            g = len(self._groups)
-            self.register_buffer(f"_coupling_{g}", coupling.reshape(self.irreps_sh.dim, -1), persistent=False)
-            self.register_buffer(f"_expand_{g}", expand, persistent=False)  # path weight -> its columns
-            weight_columns += [weight_offsets[k] + u for u in range(mul) for k in ks]
-            self._groups.append((i_in, mul, ir_in.dim, len(ks), width))
-            grouped_offset += mul * width
-        # radial-MLP columns in grouped order: group by group, (channel, path) row-major
+            rows = []  # coupling rows: (sh component, path, m3) blocks, l3 by l3
+            for ks in ks_by_l3:
+                l3 = self.paths[ks[0]][2][0]
+                d3 = 2 * l3 + 1
+                coupling = torch.zeros(self.irreps_sh.dim, len(ks), d3, ir_in.dim, dtype=torch.float64)
+                for p, k in enumerate(ks):
+                    i_sh = self.paths[k][1]
+                    l2 = self.irreps_sh[i_sh].ir.l
+                    # (2l2+1, 2l3+1, 2l1+1): m = sqrt(2l3+1) Σ C[m1, m2, m3] x[m1] Y[m2]
+                    coupling[sh_offsets[i_sh]:sh_offsets[i_sh] + 2 * l2 + 1, p] = (
+                        wigner_3j(ir_in.l, l2, l3, dtype=torch.float64).permute(1, 2, 0) * d3**0.5
+                    )
+                    # where this path's (channel u, component m) lands in the grouped message layout
+                    out_columns[k] = [grouped_offset + (p * d3 + m) * mul + u for u in range(mul) for m in range(d3)]
+                rows.append(coupling.reshape(self.irreps_sh.dim, len(ks) * d3 * ir_in.dim))
+                weight_columns += [weight_offsets[k] + u for k in ks for u in range(mul)]
+                grouped_offset += len(ks) * d3 * mul
+            self.register_buffer(f"_coupling_{len(self._inputs)}", torch.cat(rows, dim=1), persistent=False)
+            self._inputs.append((i_in, mul, ir_in.dim, [(len(ks), 2 * self.paths[ks[0]][2][0] + 1) for ks in ks_by_l3]))
+        # radial-MLP columns in grouped order: (path, channel) row-major within each l3 group
         self.register_buffer("_weight_columns", torch.tensor(weight_columns, dtype=torch.long), persistent=False)
         # grouped message layout -> irreps_out layout
         self.register_buffer(
@@ -134,46 +162,68 @@ class TensorProductConv(nn.Module):
         edge_index: torch.Tensor,
     ) -> torch.Tensor:
         """Node features ``(N, irreps_in.dim)``, edge spherical harmonics ``(E, irreps_sh.dim)``, radial
-        embedding ``(E, radial_sizes[0])`` and ``edge_index`` ``(2, E)`` (row 0 receives, row 1 sends)
-        → aggregated messages ``(N, irreps_out.dim)``.
+        embedding ``(E, radial_sizes[0])`` and ``edge_index`` ``(2, E)`` (row 0 receives, row 1 sends,
+        sorted by receiver) → aggregated messages ``(N, irreps_out.dim)``.
 
-        With more than :attr:`edge_chunk` edges, the edges must be sorted by receiver: they are
-        then processed in chunks of whole receivers, and under autograd each chunk's edge-level
-        intermediates are recomputed in the backward pass instead of being kept (memory linear
-        in the number of atoms with a small constant, at the cost of a second forward pass).
+        Edges are processed in blocks of about :attr:`edge_block` edges, each holding whole receivers:
+        a block's intermediates (a few MB) stay in cache and are served by the allocator without the
+        page faults of fresh E-sized buffers, which cost more than the arithmetic. With more than
+        :attr:`edge_chunk` edges under autograd, segments of that many edges are checkpointed: their
+        edge-level intermediates are recomputed in the backward pass instead of being kept (memory
+        linear in the number of atoms with a small constant, at the cost of a second forward pass).
         """
         n, e = x.shape[0], sh.shape[0]
-        if e <= self.edge_chunk:
-            return self._aggregate(x, sh, radial_embedding, edge_index[1], edge_index[0], n)
-        receivers = edge_index[0]
-        rows = sorted(set([0, n] + receivers[self.edge_chunk::self.edge_chunk].tolist()))
-        bounds = torch.searchsorted(receivers, torch.tensor(rows, device=receivers.device)).tolist()
+        x = self._channel_last(x)
+        if e <= self.edge_chunk or not torch.is_grad_enabled():
+            return self._aggregate(x, sh, radial_embedding, edge_index, 0, n)
         parts = []
-        for r0, r1, b0, b1 in zip(rows[:-1], rows[1:], bounds[:-1], bounds[1:]):
-            args = (x, sh[b0:b1], radial_embedding[b0:b1], edge_index[1, b0:b1], receivers[b0:b1] - r0, r1 - r0)
-            if torch.is_grad_enabled():
-                parts.append(checkpoint(self._aggregate, *args, use_reentrant=False))
-            else:
-                parts.append(self._aggregate(*args))
+        for r0, r1, b0, b1 in receiver_blocks(edge_index[0], n, self.edge_chunk):
+            args = (x, sh[b0:b1], radial_embedding[b0:b1], edge_index[:, b0:b1], r0, r1)
+            parts.append(checkpoint(self._aggregate, *args, use_reentrant=False))
         return torch.cat(parts)
 
-    def _aggregate(self, x, sh, radial_embedding, senders, receivers, n: int) -> torch.Tensor:
+    def _channel_last(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, irreps_in.dim)`` with blocks ``[mul, 2l+1]`` → the same with blocks ``[2l+1, mul]``."""
+        n = x.shape[0]
+        blocks = [
+            block.reshape(n, mul, ir.dim).transpose(1, 2).reshape(n, -1) if ir.dim > 1 else block
+            for block, (mul, ir) in zip(x.split(self._in_dims, dim=1), self.irreps_in)
+        ]
+        return torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
+
+    def _aggregate(self, x, sh, radial_embedding, edge_index, r0: int, r1: int) -> torch.Tensor:
+        """Messages of the edges ``edge_index[1] → edge_index[0]`` (receivers sorted, within
+        ``r0 .. r1-1``) summed on those receivers → ``(r1 - r0, irreps_out.dim)``."""
+        parts = []
+        for s0, s1, b0, b1 in receiver_blocks(edge_index[0] - r0, r1 - r0, self.edge_block):
+            parts.append(self._messages(
+                x, sh[b0:b1], radial_embedding[b0:b1], edge_index[1, b0:b1], edge_index[0, b0:b1] - (r0 + s0), s1 - s0,
+            ))
+        out = torch.cat(parts) if len(parts) > 1 else parts[0]
+        return out.index_select(1, self._out_columns) / self.denominator
+
+    def _messages(self, x, sh, radial_embedding, senders, receivers, n: int) -> torch.Tensor:
         """Messages of the edges ``senders → receivers`` summed on ``n`` receiving atoms (indices
-        ``0..n-1``) → ``(n, irreps_out.dim)``."""
+        ``0..n-1``) → ``(n, irreps_out.dim)`` in the grouped layout (unnormalised)."""
         e = sh.shape[0]
         weights = self.radial(radial_embedding, self._weight_columns)
-        weights = weights.split([mul * npath for _, mul, _, npath, _ in self._groups], dim=1)
+        weights = weights.split([mul * npath for _, mul, _, groups in self._inputs for npath, _ in groups], dim=1)
         # split once rather than slicing per block: a slice's backward allocates a full-size zero tensor
-        x_src = x[senders].split(self._in_dims, dim=1)
-        out = []
-        for g, (i_in, mul, d1, npath, width) in enumerate(self._groups):
-            edge_map = (sh @ getattr(self, f"_coupling_{g}")).reshape(e, d1, width)  # (E, d1, width)
-            m = torch.bmm(x_src[i_in].reshape(e, mul, d1), edge_map)  # (E, mul, width)
-            w = weights[g].reshape(e * mul, npath) @ getattr(self, f"_expand_{g}")  # (E·mul, width)
-            message = (m.reshape(e * mul, width) * w).reshape(e, mul * width)
-            out.append(torch.zeros(n, mul * width, dtype=x.dtype, device=x.device).index_add_(0, receivers, message))
-        out = torch.cat(out, dim=1) if len(out) > 1 else out[0]
-        return out.index_select(1, self._out_columns) / self.denominator
+        x_src = x.index_select(0, senders).split(self._in_dims, dim=1)
+        out, g = [], 0
+        for b, (i_in, mul, d1, groups) in enumerate(self._inputs):
+            edge_map = (sh @ getattr(self, f"_coupling_{b}")).reshape(e, -1, d1)  # (E, Σ npath·d3, d1)
+            x_j = x_src[i_in].reshape(e, d1, mul)
+            if d1 == 1:  # scalar inputs: an outer product
+                m = edge_map * x_j
+            else:
+                m = torch.bmm(edge_map, x_j)  # (E, Σ npath·d3, mul)
+            for m_l3, (npath, d3) in zip(m.split([npath * d3 for npath, d3 in groups], dim=1), groups):
+                message = m_l3.reshape(e, npath, d3, mul) * weights[g].reshape(e, npath, 1, mul)
+                out.append(torch.zeros(n, npath * d3 * mul, dtype=x.dtype, device=x.device)
+                           .index_add_(0, receivers, message.reshape(e, -1)))
+                g += 1
+        return torch.cat(out, dim=1) if len(out) > 1 else out[0]
 
     def extra_repr(self) -> str:
         return f"{self.irreps_in} x {self.irreps_sh} -> {self.irreps_out}"

@@ -1,0 +1,39 @@
+"""Edge blocking and checkpointed segments in the convolution change nothing but speed and memory."""
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+
+from ase_equivariant import EquivariantCalculator
+from ase_equivariant.models import random_model
+from ase_equivariant.nn.convolution import receiver_blocks
+
+
+def test_receiver_blocks_cover_every_edge_once_with_whole_receivers():
+    receivers = torch.tensor([0, 0, 0, 2, 2, 3, 3, 3, 3, 3, 5])
+    blocks = receiver_blocks(receivers, 7, 3)
+    assert blocks[0][0] == 0 and blocks[-1][1] == 7
+    assert [b[2] for b in blocks[1:]] == [b[3] for b in blocks[:-1]]  # contiguous edge ranges
+    assert blocks[0][2] == 0 and blocks[-1][3] == len(receivers)
+    for r0, r1, b0, b1 in blocks:
+        assert bool(((receivers[b0:b1] >= r0) & (receivers[b0:b1] < r1)).all())
+        assert int(((receivers >= r0) & (receivers < r1)).sum()) == b1 - b0
+    assert receiver_blocks(receivers, 7, 100) == [(0, 7, 0, len(receivers))]
+
+
+@pytest.mark.parametrize("block, chunk", [(7, 10**9), (50, 10**9), (7, 60), (10**9, 60)])
+def test_blocks_and_checkpoints_give_the_same_results(block, chunk):
+    model = random_model(species=(8, 13, 29), channels=8, num_blocks=3, parity=True, seed=3)
+    atoms = bulk("Cu", "fcc", a=3.7, cubic=True) * (2, 2, 1)
+    atoms.numbers[[1, 6]] = [13, 8]
+    atoms.rattle(0.05, seed=4)
+
+    def results():
+        atoms.calc = EquivariantCalculator(model, skin=0.0)
+        return atoms.get_potential_energies(), atoms.get_forces(), atoms.get_stress()
+
+    reference = results()
+    for conv in (b.conv for b in model.blocks):
+        conv.edge_block, conv.edge_chunk = block, chunk
+    for got, want in zip(results(), reference):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
