@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from ase import Atoms
 from ase.build import bulk
 
 from ase_equivariant import EquivariantCalculator
@@ -21,16 +22,33 @@ def test_receiver_blocks_cover_every_edge_once_with_whole_receivers():
     assert receiver_blocks(receivers, 7, 100) == [(0, 7, 0, len(receivers))]
 
 
-@pytest.mark.parametrize("block, chunk", [(7, 10**9), (50, 10**9), (7, 60), (10**9, 60)])
-def test_blocks_and_checkpoints_give_the_same_results(block, chunk):
-    model = random_model(species=(8, 13, 29), channels=8, num_blocks=3, parity=True, seed=3)
+def crystal():
     atoms = bulk("Cu", "fcc", a=3.7, cubic=True) * (2, 2, 1)
     atoms.numbers[[1, 6]] = [13, 8]
     atoms.rattle(0.05, seed=4)
+    return atoms
+
+
+def cluster_and_lone_atoms():
+    """Receivers with very different edge counts, and atoms with none (first and last)."""
+    atoms = crystal()
+    atoms.pbc = False
+    atoms.center(vacuum=3.0)
+    atoms += Atoms("OCu", positions=[[-20.0, 0, 0], [40.0, 0, 0]])
+    atoms.positions[[0, -1]] = atoms.positions[[-1, 0]]
+    return atoms
+
+
+@pytest.mark.parametrize("structure", [crystal, cluster_and_lone_atoms])
+@pytest.mark.parametrize("block, chunk", [(7, 10**9), (50, 10**9), (7, 60), (10**9, 60)])
+def test_blocks_and_checkpoints_give_the_same_results(structure, block, chunk):
+    model = random_model(species=(8, 13, 29), channels=8, num_blocks=3, parity=True, seed=3)
+    atoms = structure()
 
     def results():
         atoms.calc = EquivariantCalculator(model, skin=0.0)
-        return atoms.get_potential_energies(), atoms.get_forces(), atoms.get_stress()
+        stress = atoms.get_stress() if atoms.pbc.all() else np.zeros(6)
+        return atoms.get_potential_energies(), atoms.get_forces(), stress
 
     reference = results()
     for conv in (b.conv for b in model.blocks):

@@ -12,8 +12,8 @@ from .mlp import RadialMLP
 
 #: default number of edges in a checkpointed segment (about 2 GB of float32 intermediates for SevenNet-0)
 DEFAULT_EDGE_CHUNK = 2**15
-#: default number of edges in a block of work (a few MB of intermediates: cache-sized)
-DEFAULT_EDGE_BLOCK = 512
+#: default number of edges in a block of work (tens of MB of intermediates, reused by the allocator)
+DEFAULT_EDGE_BLOCK = 2048
 
 
 def receiver_blocks(receivers: torch.Tensor, n: int, size: int):
@@ -74,11 +74,13 @@ class TensorProductConv(nn.Module):
     edge's radial embedding. Messages are summed on ``i`` and divided by ``denominator`` (the
     average number of neighbours used in training).
 
-    Computation: the paths leaving one input block are done together. Per edge, the harmonics
-    contract with the couplings of all those paths into one ``(2l1+1, Σ(2l3+1))`` matrix
-    ``M_ij = Σ_m2 Y_ij,m2 B[:, m2, :]``; one batched product ``x_j @ M_ij`` gives every path's
-    output for all channels. Messages are summed on the atoms in that grouped layout and put in the
-    path order of :attr:`irreps_out` afterwards, on ``N`` rows rather than ``E``.
+    Computation, per block of receivers with their edges in a dense ``(receiver, slot)`` table:
+    for one input block and one ``l3``, the per-edge couplings ``M_ij = Σ_m2 Y_ij,m2 B[m2]`` (one
+    ``(2l3+1, 2l1+1)`` matrix per path) and the weighted inputs ``z_ij,u = R_ij,u x_j,u`` give the
+    sum over a receiver's edges as one matrix product over ``(slot, m1)``, batched over receivers
+    and paths. Features are channel-last inside (``[2l+1, mul]`` blocks), so the elementwise work
+    runs over contiguous channels; the result is put in the path order of :attr:`irreps_out` on
+    ``N`` rows at the end.
 
     Args:
         irreps_in: node features.
@@ -166,8 +168,8 @@ class TensorProductConv(nn.Module):
         sorted by receiver) → aggregated messages ``(N, irreps_out.dim)``.
 
         Edges are processed in blocks of about :attr:`edge_block` edges, each holding whole receivers:
-        a block's intermediates (a few MB) stay in cache and are served by the allocator without the
-        page faults of fresh E-sized buffers, which cost more than the arithmetic. With more than
+        a block's intermediates are served by the allocator without the page faults of fresh
+        E-sized buffers, which cost more than the arithmetic. With more than
         :attr:`edge_chunk` edges under autograd, segments of that many edges are checkpointed: their
         edge-level intermediates are recomputed in the backward pass instead of being kept (memory
         linear in the number of atoms with a small constant, at the cost of a second forward pass).
@@ -204,24 +206,40 @@ class TensorProductConv(nn.Module):
 
     def _messages(self, x, sh, radial_embedding, senders, receivers, n: int) -> torch.Tensor:
         """Messages of the edges ``senders → receivers`` summed on ``n`` receiving atoms (indices
-        ``0..n-1``) → ``(n, irreps_out.dim)`` in the grouped layout (unnormalised)."""
+        ``0..n-1``, sorted) → ``(n, irreps_out.dim)`` in the grouped layout (unnormalised).
+
+        The edges are laid out as a dense ``(n, K)`` table, ``K`` the most edges of one receiver;
+        empty slots get zero spherical harmonics, hence zero couplings, and contribute nothing
+        whatever their weights. The sum over a receiver's edges is then a batched matrix product
+        over ``K · (2l1+1)``, and no per-edge message is ever formed.
+        """
         e = sh.shape[0]
-        weights = self.radial(radial_embedding, self._weight_columns)
+        if e == 0:
+            return x.new_zeros(n, self._out_columns.numel())
+        counts = torch.bincount(receivers, minlength=n)
+        k = int(counts.max())
+        starts = torch.cumsum(counts, 0) - counts
+        slot = receivers * k + torch.arange(e, device=sh.device) - starts[receivers]
+        table = torch.full((n * k,), e, dtype=torch.long, device=sh.device)
+        table[slot] = torch.arange(e, device=sh.device)
+        sh = torch.cat([sh, sh.new_zeros(1, sh.shape[1])]).index_select(0, table)
+        radial_embedding = torch.cat([radial_embedding, radial_embedding.new_zeros(1, radial_embedding.shape[1])])
+        weights = self.radial(radial_embedding.index_select(0, table), self._weight_columns)
         weights = weights.split([mul * npath for _, mul, _, groups in self._inputs for npath, _ in groups], dim=1)
+        senders = torch.cat([senders, senders.new_zeros(1)]).index_select(0, table)
         # split once rather than slicing per block: a slice's backward allocates a full-size zero tensor
         x_src = x.index_select(0, senders).split(self._in_dims, dim=1)
         out, g = [], 0
         for b, (i_in, mul, d1, groups) in enumerate(self._inputs):
-            edge_map = (sh @ getattr(self, f"_coupling_{b}")).reshape(e, -1, d1)  # (E, Σ npath·d3, d1)
-            x_j = x_src[i_in].reshape(e, d1, mul)
-            if d1 == 1:  # scalar inputs: an outer product
-                m = edge_map * x_j
-            else:
-                m = torch.bmm(edge_map, x_j)  # (E, Σ npath·d3, mul)
-            for m_l3, (npath, d3) in zip(m.split([npath * d3 for npath, d3 in groups], dim=1), groups):
-                message = m_l3.reshape(e, npath, d3, mul) * weights[g].reshape(e, npath, 1, mul)
-                out.append(torch.zeros(n, npath * d3 * mul, dtype=x.dtype, device=x.device)
-                           .index_add_(0, receivers, message.reshape(e, -1)))
+            edge_maps = (sh @ getattr(self, f"_coupling_{b}")).split([npath * d3 * d1 for npath, d3 in groups], dim=1)
+            x_j = x_src[i_in].reshape(n, 1, k, d1, mul)
+            for edge_map, (npath, d3) in zip(edge_maps, groups):
+                # paths first, as z is laid out (a product takes the memory layout of its inputs)
+                w = weights[g].reshape(n, k, npath, 1, mul).transpose(1, 2)
+                w = w.contiguous() if npath > 1 else w.reshape(n, 1, k, 1, mul)
+                z = (x_j * w).reshape(n * npath, k * d1, mul)
+                m = edge_map.reshape(n, k, npath, d3, d1).permute(0, 2, 3, 1, 4).reshape(n * npath, d3, k * d1)
+                out.append(torch.bmm(m, z).reshape(n, npath * d3 * mul))
                 g += 1
         return torch.cat(out, dim=1) if len(out) > 1 else out[0]
 
