@@ -7,7 +7,7 @@ from ase.build import bulk
 
 from ase_equivariant import EquivariantCalculator
 from ase_equivariant.models import random_model
-from ase_equivariant.nn.convolution import WeightedCoupling, receiver_blocks
+from ase_equivariant.nn.convolution import receiver_blocks
 
 
 def test_receiver_blocks_cover_every_edge_once_with_whole_receivers():
@@ -56,14 +56,3 @@ def test_blocks_and_checkpoints_give_the_same_results(structure, block, chunk):
     for got, want in zip(results(), reference):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
 
-
-def test_weighted_coupling_gradients_first_and_second_order():
-    generator = torch.Generator().manual_seed(0)
-    n, p, k, d1, d3, c = 2, 3, 4, 3, 5, 6
-    m = torch.randn(n * p, d3, k * d1, dtype=torch.float64, generator=generator, requires_grad=True)
-    x = torch.randn(n, 1, k, d1, c, dtype=torch.float64, generator=generator, requires_grad=True)
-    w = torch.randn(n, p, k, 1, c, dtype=torch.float64, generator=generator, requires_grad=True)
-    expected = torch.bmm(m, (x * w).reshape(n * p, k * d1, c))
-    torch.testing.assert_close(WeightedCoupling.apply(m, x, w), expected, rtol=0, atol=1e-13)
-    assert torch.autograd.gradcheck(WeightedCoupling.apply, (m, x, w))
-    assert torch.autograd.gradgradcheck(WeightedCoupling.apply, (m, x, w))

@@ -10,8 +10,8 @@ from .activations import ScaledActivation
 from .mlp import RadialMLP
 
 
-#: default number of edges in a checkpointed segment (about 5 GB of float32 intermediates for SevenNet-0)
-DEFAULT_EDGE_CHUNK = 2**17
+#: default number of edges in a checkpointed segment (about 4.5 GB of float32 intermediates for SevenNet-0)
+DEFAULT_EDGE_CHUNK = 2**16
 #: default number of edges in a block of work (tens of MB of intermediates, reused by the allocator)
 DEFAULT_EDGE_BLOCK = 2048
 
@@ -34,42 +34,6 @@ def receiver_blocks(receivers: torch.Tensor, n: int, size: int):
     rows = sorted(set([0, n] + receivers[size::size].tolist()))
     bounds = torch.searchsorted(receivers, torch.tensor(rows, device=receivers.device)).tolist()
     return list(zip(rows[:-1], rows[1:], bounds[:-1], bounds[1:]))
-
-
-class WeightedCoupling(torch.autograd.Function):
-    r"""``bmm(m, z)`` with ``z = x ⊙ w`` (broadcast), without keeping ``z`` for the backward pass.
-
-    ``z`` is the largest per-edge intermediate of the convolution; it is recomputed from ``x`` and
-    ``w`` (one multiplication) when the gradients are needed. The backward pass is made of
-    differentiable operations, so higher derivatives work.
-
-    Shapes: ``m (n·P, d3, K·d1)``, ``x (n, 1, K, d1, C)``, ``w (n, P, K, 1, C)`` → ``(n·P, d3, C)``.
-    """
-
-    @staticmethod
-    def forward(ctx, m, x, w):
-        ctx.save_for_backward(m, x, w)
-        return torch.bmm(m, WeightedCoupling._z(x, w))
-
-    @staticmethod
-    def _z(x, w):
-        n, p, k, _, c = w.shape
-        return (x * w).reshape(n * p, k * x.shape[3], c)
-
-    @staticmethod
-    def backward(ctx, grad):
-        m, x, w = ctx.saved_tensors
-        grad_m = grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_m = torch.bmm(grad, WeightedCoupling._z(x, w).transpose(1, 2))
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            n, p, k, _, c = w.shape
-            grad_z = torch.bmm(m.transpose(1, 2), grad).reshape(n, p, k, x.shape[3], c)
-            if ctx.needs_input_grad[1]:
-                grad_x = (grad_z * w).sum(dim=1, keepdim=True)
-            if ctx.needs_input_grad[2]:
-                grad_w = (grad_z * x).sum(dim=3, keepdim=True)
-        return grad_m, grad_x, grad_w
 
 
 def convolution_paths(irreps_in: Irreps, irreps_sh: Irreps, lmax_out: int, even_only: bool):
@@ -273,8 +237,9 @@ class TensorProductConv(nn.Module):
                 # paths first, as z is laid out (a product takes the memory layout of its inputs)
                 w = weights[g].reshape(n, k, npath, 1, mul).transpose(1, 2)
                 w = w.contiguous() if npath > 1 else w.reshape(n, 1, k, 1, mul)
+                z = (x_j * w).reshape(n * npath, k * d1, mul)
                 m = edge_map.reshape(n, k, npath, d3, d1).permute(0, 2, 3, 1, 4).reshape(n * npath, d3, k * d1)
-                out.append(WeightedCoupling.apply(m, x_j, w).reshape(n, npath * d3 * mul))
+                out.append(torch.bmm(m, z).reshape(n, npath * d3 * mul))
                 g += 1
         return torch.cat(out, dim=1) if len(out) > 1 else out[0]
 
