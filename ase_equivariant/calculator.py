@@ -7,7 +7,7 @@ import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from .models import load_model
-from .neighbors import NeighborList
+from .neighbors import NeighborList, edge_vectors
 from .nn import EquivariantPotential
 
 #: ASE's Voigt order of the stress: xx, yy, zz, yz, xz, xy
@@ -25,7 +25,10 @@ class EquivariantCalculator(Calculator):
     Energies in eV, forces in eV/Å, stress in eV/Å³ (ASE sign convention: positive = tensile;
     Voigt order xx, yy, zz, yz, xz, xy). Forces and stress come from one autograd pass through
     the energy: forces ``-dE/dr`` and stress ``(1/V) dE/dε`` for a symmetric strain ``ε`` applied to
-    positions and cell, so both are exact derivatives of the energy.
+    positions and cell, so both are exact derivatives of the energy. Per-atom energies
+    (``energies``) sum to the energy; per-atom stresses (``stresses``, eV/Å³: each edge's virial
+    ``D ⊗ ∂E/∂D`` shared equally by its two atoms, divided by the volume) sum to the stress. Stress
+    and per-atom stresses are defined for systems periodic in all three directions.
 
     Args:
         model: a registry name (``"sevennet-0"``), the path of a weight file, or an
@@ -37,7 +40,7 @@ class EquivariantCalculator(Calculator):
         min_distance: two atoms closer than this (Å) are rejected as overlapping.
     """
 
-    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "stresses"]
 
     def __init__(
         self,
@@ -80,12 +83,13 @@ class EquivariantCalculator(Calculator):
         atoms = self.atoms
         self._check(atoms)
         periodic = bool(atoms.pbc.all())
-        if "stress" in properties and not periodic:
-            raise PropertyNotImplementedError(
-                f"stress needs a system periodic in all three directions (pbc={atoms.pbc.tolist()}); "
-                "slabs, wires and molecules have no well-defined volume"
-            )
-        gradients = any(p in properties for p in ("forces", "stress"))
+        for name in ("stress", "stresses"):
+            if name in properties and not periodic:
+                raise PropertyNotImplementedError(
+                    f"{name} needs a system periodic in all three directions (pbc={atoms.pbc.tolist()}); "
+                    "slabs, wires and molecules have no well-defined volume"
+                )
+        gradients = any(p in properties for p in ("forces", "stress", "stresses"))
 
         kw = dict(dtype=self.dtype, device=self.device)
         positions = torch.as_tensor(atoms.positions, **kw)
@@ -107,25 +111,38 @@ class EquivariantCalculator(Calculator):
             if periodic:
                 strain = torch.zeros(3, 3, **kw, requires_grad=True)
                 symmetric = 0.5 * (strain + strain.transpose(0, 1))
-                strained_positions = positions + positions @ symmetric
+                positions = positions + positions @ symmetric
                 cell = cell + cell @ symmetric
                 inputs.append(strain)
-            else:
-                strained_positions = positions
-            energies = self.model(strained_positions, numbers, edge_index, shifts, cell)
+            vectors = edge_vectors(positions, cell, edge_index, shifts)
+            if periodic:
+                inputs.append(vectors)
+            energies = self.model(positions, numbers, edge_index, shifts, cell, vectors=vectors)
             grads = torch.autograd.grad(energies.sum(), inputs)
         self._store(energies)
         self.results["forces"] = -grads[0].detach().cpu().double().numpy()
         if periodic:
-            virial = grads[1].detach().cpu().double().numpy()
-            self.results["stress"] = virial[VOIGT] / atoms.get_volume()
+            volume = atoms.get_volume()
+            self.results["stress"] = grads[1].detach().cpu().double().numpy()[VOIGT] / volume
+            self.results["stresses"] = self._per_atom_virials(vectors.detach(), grads[2], edge_index, len(atoms)) / volume
+
+    @staticmethod
+    def _per_atom_virials(vectors, gradients, edge_index, n: int) -> np.ndarray:
+        """``(n, 6)`` per-atom virials (eV, Voigt order): each edge's ``D ⊗ ∂E/∂D``, symmetrised,
+        split equally between its two atoms. The energy depends on positions and cell only
+        through the edge vectors, so these sum exactly to the strain derivative ``∂E/∂ε``."""
+        per_edge = 0.5 * vectors.unsqueeze(2) * gradients.unsqueeze(1)  # half of D_a g_b, (E, 3, 3)
+        per_edge = 0.5 * (per_edge + per_edge.transpose(1, 2))
+        virials = torch.zeros(n, 3, 3, dtype=per_edge.dtype, device=per_edge.device)
+        virials.index_add_(0, edge_index[0], per_edge).index_add_(0, edge_index[1], per_edge)
+        return virials.detach().cpu().double().numpy()[:, VOIGT[0], VOIGT[1]]
 
     def _check_overlap(self, positions, cell, edge_index, shifts):
         if edge_index.shape[1] == 0:
             return
         with torch.no_grad():
             i, j = edge_index
-            vectors = positions[j] - positions[i] + shifts.to(positions.dtype) @ cell
+            vectors = edge_vectors(positions, cell, edge_index, shifts)
             k = int(torch.argmin((vectors * vectors).sum(dim=1)))
             distance = float(torch.linalg.vector_norm(vectors[k]))
         if distance < self.min_distance:

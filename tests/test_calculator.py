@@ -63,32 +63,52 @@ def test_per_atom_energies_sum_to_energy(tiny):
     assert atoms.calc.results["free_energy"] == atoms.calc.results["energy"]
 
 
-def test_stress_served_from_the_forces_call(tiny):
+def test_per_atom_stresses_sum_to_stress_and_follow_the_crystal_symmetry(tiny):
+    atoms = triclinic_alloy()
+    atoms.calc = EquivariantCalculator(tiny, skin=0.0)
+    stresses = atoms.get_stresses()
+    assert stresses.shape == (len(atoms), 6)
+    assert np.abs(stresses - stresses.mean(axis=0)).max() > 1e-4  # atoms differ in a rattled cell
+    np.testing.assert_allclose(stresses.sum(axis=0), atoms.get_stress(), atol=1e-14, rtol=0)
+    # in a perfect crystal with one site type every atom carries the same share
+    perfect = bulk("Cu", "fcc", a=3.7) * (2, 2, 1)
+    perfect.calc = EquivariantCalculator(tiny, skin=0.0)
+    stresses = perfect.get_stresses()
+    np.testing.assert_allclose(stresses, np.tile(perfect.get_stress() / len(perfect), (len(perfect), 1)),
+                               atol=1e-12, rtol=0)
+    mol = molecule("CH3CH2OH")
+    mol.calc = EquivariantCalculator(tiny)
+    with pytest.raises(PropertyNotImplementedError, match="stresses needs a system periodic"):
+        mol.get_stresses()
+
+
+def test_stress_served_from_the_forces_call(tiny, monkeypatch):
     """NPT and cell filters ask for forces and stress separately: one evaluation serves both."""
     atoms = triclinic_alloy()
     calc = EquivariantCalculator(tiny)
     atoms.calc = calc
     calls = []
     original = calc.model.forward
-    calc.model.forward = lambda *a: calls.append(1) or original(*a)
+    monkeypatch.setattr(calc.model, "forward", lambda *a, **kw: calls.append(1) or original(*a, **kw))
     atoms.get_forces()
     atoms.get_stress()
+    atoms.get_stresses()
     atoms.get_potential_energy()
     assert len(calls) == 1
 
 
-def test_energy_only_call_builds_no_graph(tiny):
+def test_energy_only_call_builds_no_graph(tiny, monkeypatch):
     atoms = triclinic_alloy()
     calc = EquivariantCalculator(tiny)
     seen = []
     original = calc.model.forward
 
-    def spy(*args):
-        out = original(*args)
+    def spy(*args, **kwargs):
+        out = original(*args, **kwargs)
         seen.append(out.requires_grad)
         return out
 
-    calc.model.forward = spy
+    monkeypatch.setattr(calc.model, "forward", spy)
     atoms.calc = calc
     atoms.get_potential_energy()
     assert seen == [False]

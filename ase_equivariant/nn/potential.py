@@ -1,10 +1,11 @@
 """The full NequIP-style potential: species embedding, interaction blocks, per-atom energy readout."""
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
 
+from ..neighbors import edge_vectors
 from ..o3 import Irreps, spherical_harmonics
 from .activations import ScaledActivation
 from .convolution import TensorProductConv
@@ -143,6 +144,7 @@ class EquivariantPotential(nn.Module):
         edge_index: torch.Tensor,
         shifts: torch.Tensor,
         cell: torch.Tensor,
+        vectors: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Per-atom energies in eV.
 
@@ -153,6 +155,9 @@ class EquivariantPotential(nn.Module):
                 (best sorted by ``i``, as our neighbour list returns them; others are sorted here).
             shifts: ``(E, 3)`` integer cell shifts ``S`` with ``D_ij = r_j - r_i + S @ cell``.
             cell: ``(3, 3)`` lattice vectors as rows, in Å (any value when ``shifts`` is all zero).
+            vectors: optionally the ``(E, 3)`` edge vectors ``D_ij`` already formed from the above,
+                e.g. to differentiate the energy with respect to them; the energy depends on
+                positions and cell only through them.
 
         Returns:
             ``(N,)`` energies, of the dtype of the weights.
@@ -161,8 +166,9 @@ class EquivariantPotential(nn.Module):
         if edge_index.shape[1] > 1 and bool((edge_index[0, 1:] < edge_index[0, :-1]).any()):
             order = torch.argsort(edge_index[0], stable=True)  # receivers in order, for edge chunking
             edge_index, shifts = edge_index[:, order], shifts[order]
-        i, j = edge_index[0], edge_index[1]
-        vectors = positions[j] - positions[i] + shifts.to(positions.dtype) @ cell
+            vectors = vectors[order] if vectors is not None else None
+        if vectors is None:
+            vectors = edge_vectors(positions, cell, edge_index, shifts)
         r = torch.linalg.vector_norm(vectors, dim=1)
         radial_embedding = self.radial_basis(r) * self.cutoff_function(r).unsqueeze(-1)
         sh = spherical_harmonics(self.config.lmax_sh, vectors, normalize=True)
