@@ -1,6 +1,6 @@
 """Langevin (NVT) molecular dynamics of an fcc copper supercell at 300 K with the default model.
 
-    python examples/langevin.py                                   # 200 steps of 2 fs, about a minute on 2 cores
+    python examples/langevin.py                                   # 200 steps of 2 fs, about 20 s on 2 cores
     ASE_EQUIVARIANT_EXAMPLE_STEPS=20 python examples/langevin.py  # a short run
 
 Writes cu_langevin.traj in the current folder (look at it with ``ase gui cu_langevin.traj``).

@@ -1,6 +1,6 @@
 """Langevin dynamics of an ethanol molecule in vacuum: no cell, no periodic boundaries.
 
-    python examples/molecule_md.py                                   # 1000 steps of 0.5 fs, about a minute
+    python examples/molecule_md.py                                   # 1000 steps of 0.5 fs, about 30 s on 2 cores
     ASE_EQUIVARIANT_EXAMPLE_STEPS=50 python examples/molecule_md.py  # a short run
 
 Reads data/structures/ethanol.xyz; writes ethanol_md.traj in the current folder.

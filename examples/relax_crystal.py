@@ -1,7 +1,7 @@
 """Relax a strained, rattled silicon crystal (positions and cell) and compare the lattice constant
 with experiment.
 
-    python examples/relax_crystal.py                                   # about a minute on 2 cores
+    python examples/relax_crystal.py                                   # about 25 s on 2 cores
     ASE_EQUIVARIANT_EXAMPLE_STEPS=5 python examples/relax_crystal.py   # at most 5 optimizer steps
 
 The input, data/structures/si_strained.extxyz, is a 64-atom diamond cell strained by a few per cent
