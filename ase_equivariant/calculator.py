@@ -118,7 +118,10 @@ class EquivariantCalculator(Calculator):
             if periodic:
                 inputs.append(vectors)
             energies = self.model(positions, numbers, edge_index, shifts, cell, vectors=vectors)
-            grads = torch.autograd.grad(energies.sum(), inputs)
+            grads = [None] * len(inputs)
+            if energies.requires_grad:  # not when no atom has a neighbour
+                grads = torch.autograd.grad(energies.sum(), inputs, allow_unused=True)
+            grads = [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
         self._store(energies)
         self.results["forces"] = -grads[0].detach().cpu().double().numpy()
         if periodic:

@@ -82,6 +82,21 @@ def test_per_atom_stresses_sum_to_stress_and_follow_the_crystal_symmetry(tiny):
         mol.get_stresses()
 
 
+@pytest.mark.parametrize("atoms", [
+    Atoms("Cu", cell=[20, 20, 20], pbc=True),
+    Atoms("Cu2", positions=[[0, 0, 0], [10, 0, 0]], cell=[20, 20, 20], pbc=True),
+    Atoms("Cu", positions=[[0, 0, 0]]),
+    Atoms("CuO", positions=[[0, 0, 0], [0, 0, 9]], cell=[20, 20, 0], pbc=[True, True, False]),
+], ids=["1-atom cell", "2 isolated atoms in a cell", "lone atom", "slab of isolated atoms"])
+def test_atoms_without_neighbours_have_zero_forces_and_stress(tiny, atoms):
+    atoms.calc = EquivariantCalculator(tiny)
+    energies = atoms.get_potential_energies()
+    assert np.isfinite(energies).all() and atoms.get_potential_energy() == pytest.approx(energies.sum())
+    assert not atoms.get_forces().any()
+    if atoms.pbc.all():
+        assert not atoms.get_stress().any() and not atoms.get_stresses().any()
+
+
 def test_stress_served_from_the_forces_call(tiny, monkeypatch):
     """NPT and cell filters ask for forces and stress separately: one evaluation serves both."""
     atoms = triclinic_alloy()
