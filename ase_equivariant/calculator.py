@@ -97,32 +97,31 @@ class EquivariantCalculator(Calculator):
         pbc = torch.as_tensor(atoms.pbc, device=self.device)
         numbers = torch.as_tensor(atoms.numbers, device=self.device)
         edge_index, shifts = self.neighbors.update(positions, cell, pbc)
-        self._check_overlap(positions, cell, edge_index, shifts)
 
-        if not gradients:
-            with torch.no_grad():
-                energies = self.model(positions, numbers, edge_index, shifts, cell)
-            self._store(energies)
-            return
-
-        positions.requires_grad_(True)
-        with torch.enable_grad():  # also under a caller's torch.no_grad()
-            inputs = [positions]
-            if periodic:
+        # Energy-only calls build no graph; otherwise a symmetric strain ε is applied to positions
+        # and cell before the edge vectors are formed, so one autograd call gives -dE/dr, dE/dε
+        # and dE/dD (for the per-atom virials). Also under a caller's torch.no_grad().
+        with torch.set_grad_enabled(gradients):
+            inputs = [positions.requires_grad_(gradients)]
+            if gradients and periodic:
                 strain = torch.zeros(3, 3, **kw, requires_grad=True)
                 symmetric = 0.5 * (strain + strain.transpose(0, 1))
                 positions = positions + positions @ symmetric
                 cell = cell + cell @ symmetric
                 inputs.append(strain)
             vectors = edge_vectors(positions, cell, edge_index, shifts)
-            if periodic:
-                inputs.append(vectors)
+            self._check_overlap(vectors.detach(), edge_index)
             energies = self.model(positions, numbers, edge_index, shifts, cell, vectors=vectors)
-            grads = [None] * len(inputs)
-            if energies.requires_grad:  # not when no atom has a neighbour
-                grads = torch.autograd.grad(energies.sum(), inputs, allow_unused=True)
-            grads = [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
+            if gradients:
+                if periodic:
+                    inputs.append(vectors)
+                grads = [None] * len(inputs)
+                if energies.requires_grad:  # not when no atom has a neighbour
+                    grads = torch.autograd.grad(energies.sum(), inputs, allow_unused=True)
+                grads = [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
         self._store(energies)
+        if not gradients:
+            return
         self.results["forces"] = -grads[0].detach().cpu().double().numpy()
         if periodic:
             volume = atoms.get_volume()
@@ -140,17 +139,16 @@ class EquivariantCalculator(Calculator):
         virials.index_add_(0, edge_index[0], per_edge).index_add_(0, edge_index[1], per_edge)
         return virials.detach().cpu().double().numpy()[:, VOIGT[0], VOIGT[1]]
 
-    def _check_overlap(self, positions, cell, edge_index, shifts):
+    def _check_overlap(self, vectors, edge_index):
+        """Raise ``ValueError`` if the shortest edge ``(E, 3)`` is below :attr:`min_distance`."""
         if edge_index.shape[1] == 0:
             return
-        with torch.no_grad():
-            i, j = edge_index
-            vectors = edge_vectors(positions, cell, edge_index, shifts)
-            k = int(torch.argmin((vectors * vectors).sum(dim=1)))
-            distance = float(torch.linalg.vector_norm(vectors[k]))
+        k = int(torch.argmin((vectors * vectors).sum(dim=1)))
+        distance = float(torch.linalg.vector_norm(vectors[k]))
         if distance < self.min_distance:
+            i, j = edge_index[:, k].tolist()
             raise ValueError(
-                f"atoms {int(i[k])} and {int(j[k])} are {distance:.3g} Å apart (closer than "
+                f"atoms {i} and {j} are {distance:.3g} Å apart (closer than "
                 f"min_distance={self.min_distance} Å): they overlap; remove or move one of them"
             )
 
