@@ -36,6 +36,11 @@ def receiver_blocks(receivers: torch.Tensor, n: int, size: int):
     return list(zip(rows[:-1], rows[1:], bounds[:-1], bounds[1:]))
 
 
+def _gather_padded(values: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """``values[table]`` with index ``len(values)`` meaning a row of zeros (an empty slot)."""
+    return torch.cat([values, values.new_zeros(1, *values.shape[1:])]).index_select(0, table)
+
+
 def convolution_paths(irreps_in: Irreps, irreps_sh: Irreps, lmax_out: int, even_only: bool):
     """The coupling paths of the convolution, in the order of their output blocks.
 
@@ -222,11 +227,10 @@ class TensorProductConv(nn.Module):
         slot = receivers * k + torch.arange(e, device=sh.device) - starts[receivers]
         table = torch.full((n * k,), e, dtype=torch.long, device=sh.device)
         table[slot] = torch.arange(e, device=sh.device)
-        sh = torch.cat([sh, sh.new_zeros(1, sh.shape[1])]).index_select(0, table)
-        radial_embedding = torch.cat([radial_embedding, radial_embedding.new_zeros(1, radial_embedding.shape[1])])
-        weights = self.radial(radial_embedding.index_select(0, table), self._weight_columns)
+        sh = _gather_padded(sh, table)
+        weights = self.radial(_gather_padded(radial_embedding, table), self._weight_columns)
         weights = weights.split([mul * npath for _, mul, _, groups in self._inputs for npath, _ in groups], dim=1)
-        senders = torch.cat([senders, senders.new_zeros(1)]).index_select(0, table)
+        senders = _gather_padded(senders, table)
         # split once rather than slicing per block: a slice's backward allocates a full-size zero tensor
         x_src = x.index_select(0, senders).split(self._in_dims, dim=1)
         out, g = [], 0
