@@ -14,33 +14,23 @@ import sys
 import time
 
 
-def high_water_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
 def one(atoms_wanted: int, dtype: str):
     """Runs in the child process: prints one table row."""
     import numpy as np
     import torch
-    from ase.build import bulk
+    from model import rss_mib, structures  # benchmarks/model.py: the same Cu cells, the same VmHWM
 
     from ase_equivariant import EquivariantCalculator
 
-    k = max(1, round((atoms_wanted / 4) ** (1 / 3)))
-    atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (k, k, k)
-    atoms.rattle(0.02, seed=1)
+    (atoms,) = structures([atoms_wanted]).values()
     atoms.calc = EquivariantCalculator(device="cpu", dtype=dtype, skin=0.0)
-    before = high_water_mib()
+    before = rss_mib()
     t = time.perf_counter()
     energy = atoms.get_potential_energy()
     forces = atoms.get_forces()
     stress = atoms.get_stress()
     seconds = time.perf_counter() - t
-    peak = high_water_mib()
+    peak = rss_mib()
     assert np.isfinite(energy) and np.isfinite(forces).all() and np.isfinite(stress).all()
     n = len(atoms)
     print(f"{n:>8} {seconds:>8.1f} {1e3 * seconds / n:>8.2f} {before:>10.0f} {peak:>10.0f} "
