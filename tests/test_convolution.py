@@ -7,7 +7,8 @@ from ase.build import bulk
 
 from ase_equivariant import EquivariantCalculator
 from ase_equivariant.models import random_model
-from ase_equivariant.nn.convolution import receiver_blocks
+from ase_equivariant.neighbors import cell_list
+from ase_equivariant.nn.edge_table import receiver_blocks
 
 
 def test_receiver_blocks_cover_every_edge_once_with_whole_receivers():
@@ -51,8 +52,19 @@ def test_blocks_and_checkpoints_give_the_same_results(structure, block, chunk):
         return atoms.get_potential_energies(), atoms.get_forces(), stress
 
     reference = results()
-    for conv in (b.conv for b in model.blocks):
-        conv.edge_block, conv.edge_chunk = block, chunk
+    model.edge_block, model.edge_chunk = block, chunk
     for got, want in zip(results(), reference):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
 
+
+
+def test_second_derivatives_are_refused_with_a_clear_error():
+    model = random_model(species=(8, 13, 29), channels=8, num_blocks=2, seed=3)
+    atoms = crystal()
+    positions = torch.tensor(atoms.positions, requires_grad=True)
+    cell = torch.tensor(atoms.cell.array)
+    edge_index, shifts = cell_list(positions.detach(), cell, torch.tensor(atoms.pbc), model.cutoff)
+    energy = model(positions, torch.tensor(atoms.numbers), edge_index, shifts, cell).sum()
+    (forces,) = torch.autograd.grad(energy, positions, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        forces.sum().backward()

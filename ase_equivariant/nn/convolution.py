@@ -1,44 +1,28 @@
 """Channel-wise ('uvu') tensor-product convolution over the edges of an atomic graph."""
-from typing import List
+import functools
+from typing import List, NamedTuple
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 from ..o3 import Irreps, wigner_3j
 from .activations import ScaledActivation
+from .edge_table import EdgeBlock, EdgeSegment
 from .mlp import RadialMLP
 
 
-#: default number of edges in a checkpointed segment (about 4.5 GB of float32 intermediates for SevenNet-0)
-DEFAULT_EDGE_CHUNK = 2**16
-#: default number of edges in a block of work (tens of MB of intermediates, reused by the allocator)
-DEFAULT_EDGE_BLOCK = 2048
+class EdgeInputs(NamedTuple):
+    """The per-call edge data of one :class:`~.edge_table.EdgeSegment`, shared by every convolution.
 
-
-def receiver_blocks(receivers: torch.Tensor, n: int, size: int):
-    """Split edges sorted by receiver into blocks of about ``size`` edges holding whole receivers.
-
-    Args:
-        receivers: ``(E,)`` receiver indices in ``0 .. n-1``, sorted.
-        n: the number of receiving atoms.
-        size: the target number of edges per block.
-
-    Returns:
-        a list of ``(r0, r1, b0, b1)``: block edges ``b0:b1`` are exactly those received by atoms
-        ``r0 .. r1-1``. Blocks cover ``0 .. n`` (a block may have no edges).
+    ``tables``: per block of the segment, the ``(n, slots, irreps_sh.dim)`` spherical harmonics
+    and the ``(n, slots, num_basis)`` radial embedding of the edge in each slot, alternating
+    (zero rows for empty slots).
     """
-    e = receivers.shape[0]
-    if e <= size:
-        return [(0, n, 0, e)]
-    rows = sorted(set([0, n] + receivers[size::size].tolist()))
-    bounds = torch.searchsorted(receivers, torch.tensor(rows, device=receivers.device)).tolist()
-    return list(zip(rows[:-1], rows[1:], bounds[:-1], bounds[1:]))
 
-
-def _gather_padded(values: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """``values[table]`` with index ``len(values)`` meaning a row of zeros (an empty slot)."""
-    return torch.cat([values, values.new_zeros(1, *values.shape[1:])]).index_select(0, table)
+    segment: EdgeSegment
+    tables: List[torch.Tensor]
 
 
 def convolution_paths(irreps_in: Irreps, irreps_sh: Irreps, lmax_out: int, even_only: bool):
@@ -66,6 +50,120 @@ def convolution_paths(irreps_in: Irreps, irreps_sh: Irreps, lmax_out: int, even_
     return [paths[k] for k in order], irreps_mid
 
 
+class _Group(NamedTuple):
+    """The paths of one input block with one spherical-harmonic block, in the edge layouts: its
+    ``d1 x mul`` input features at column ``x_offset`` (channel-last) and its ``paths x mul``
+    radial weights at ``w_offset``."""
+
+    x_offset: int
+    d1: int
+    mul: int
+    paths: int
+    w_offset: int
+
+
+class _ShBlock(NamedTuple):
+    """A spherical-harmonic block (components ``offset .. offset+d2-1``) and its groups."""
+
+    offset: int
+    d2: int
+    groups: List[_Group]
+
+
+class _EdgeSums(torch.autograd.Function):
+    r"""For the receivers of one segment, the sums over each receiver's edges
+
+    .. math:: Q^{(g)}_{i, m_2, (p, m_1, u)} = \sum_{k} Y_{ik, m_2}\, R_{ik, p u}\, x_{ik, m_1 u}
+
+    for every group ``g`` (an input block with a spherical-harmonic block) and path ``p`` of it,
+    with ``Y`` the spherical harmonics, ``R`` the radial weights and ``x`` the sender features of
+    the edge in slot ``k`` of receiver ``i``. The Clebsch-Gordan coupling to ``l3`` is applied
+    afterwards, per atom.
+
+    Inputs: the ``plan``, the segment's ``blocks``, node features ``x`` ``(N, D)`` (channel-last),
+    then per block its ``(n, K, irreps_sh.dim)`` spherical harmonics and its ``(n, K, W)`` radial
+    weights.
+    Outputs: one ``(r1 - r0, d2, paths * d1 * mul)`` tensor per group, in plan order.
+
+    Block by block and group by group, the weighted inputs ``z = R x`` are formed and summed over
+    the edges with one batched matrix product while they are in cache. The backward pass is
+    written out (first derivatives only): it gathers and forms ``z`` again rather than keeping
+    it (cheaper than reading it back from memory) and accumulates the gradient of ``x`` in place.
+    """
+
+    @staticmethod
+    def forward(ctx, plan: List[_ShBlock], blocks: List[EdgeBlock], x, *tables):
+        r0, n = blocks[0].r0, sum(block.n for block in blocks)
+        sums = [x.new_zeros(n, b.d2, g.paths * g.d1 * g.mul) for b in plan for g in b.groups]
+        for block, sh_block, w_block in zip(blocks, tables[0::2], tables[1::2]):
+            if block.slots == 0:
+                continue
+            rows = slice(block.r0 - r0, block.r0 - r0 + block.n)
+            x_block = _gather(block, x)
+            out = iter(sums)
+            for b in plan:
+                y = sh_block[:, :, b.offset:b.offset + b.d2].transpose(1, 2)
+                for g in b.groups:
+                    torch.bmm(y, _weighted_inputs(g, w_block, x_block), out=next(out)[rows])
+        ctx.plan, ctx.blocks = plan, blocks
+        ctx.save_for_backward(x, *tables)
+        return tuple(sums)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads):
+        x, *tables = ctx.saved_tensors
+        r0 = ctx.blocks[0].r0
+        grad_x = torch.zeros_like(x)
+        grad_tables = [torch.zeros_like(t) for t in tables]
+        for block, sh_block, w_block, grad_sh_block, gw_block in zip(
+                ctx.blocks, tables[0::2], tables[1::2], grad_tables[0::2], grad_tables[1::2]):
+            if block.slots == 0:
+                continue
+            n, k = block.n, block.slots
+            rows = slice(block.r0 - r0, block.r0 - r0 + n)
+            x_block = _gather(block, x)
+            gx_block = torch.zeros_like(x_block)
+            grads_block = iter(grads)
+            for b in ctx.plan:
+                y = sh_block[:, :, b.offset:b.offset + b.d2]
+                grad_y = grad_sh_block[:, :, b.offset:b.offset + b.d2]
+                for g in b.groups:
+                    grad = next(grads_block)
+                    w_columns = slice(g.w_offset, g.w_offset + g.paths * g.mul)
+                    if grad is None:
+                        continue
+                    grad = grad[rows]
+                    grad_y += torch.bmm(_weighted_inputs(g, w_block, x_block), grad.transpose(1, 2))
+                    gz = torch.bmm(y, grad).view(n, k, g.paths, g.d1, g.mul)
+                    xg = x_block[:, :, g.x_offset:g.x_offset + g.d1 * g.mul].view(n, k, g.d1, g.mul)
+                    wg = w_block[:, :, w_columns].view(n, k, g.paths, g.mul)
+                    gw = gw_block[:, :, w_columns].view(n, k, g.paths, g.mul)
+                    torch.mul(gz[:, :, :, 0], xg[:, :, None, 0], out=gw)
+                    for m1 in range(1, g.d1):
+                        gw.addcmul_(gz[:, :, :, m1], xg[:, :, None, m1])
+                    gx = gx_block[:, :, g.x_offset:g.x_offset + g.d1 * g.mul].view(n, k, g.d1, g.mul)
+                    for p in range(g.paths):
+                        gx.addcmul_(gz[:, :, p], wg[:, :, p, None])
+            grad_x.index_add_(0, block.senders, gx_block.view(n * k, -1))
+        return None, None, grad_x, *grad_tables
+
+
+def _gather(block: EdgeBlock, x):
+    """The sender features ``(n, K, D)`` of ``block``'s slots."""
+    return x.index_select(0, block.senders).view(block.n, block.slots, -1)
+
+
+def _weighted_inputs(g: _Group, weights, x):
+    """``z[i, k, (p, m1, u)] = R[i, k, p, u] x[i, k, m1, u]`` of group ``g`` → ``(n, K, paths * d1 * mul)``."""
+    n, k = x.shape[:2]
+    z = torch.mul(
+        x[:, :, g.x_offset:g.x_offset + g.d1 * g.mul].view(n, k, 1, g.d1, g.mul),
+        weights[:, :, g.w_offset:g.w_offset + g.paths * g.mul].view(n, k, g.paths, 1, g.mul),
+    )
+    return z.view(n, k, -1)
+
+
 class TensorProductConv(nn.Module):
     r"""Message passing with channel-wise tensor products and radial weights.
 
@@ -79,13 +177,12 @@ class TensorProductConv(nn.Module):
     edge's radial embedding. Messages are summed on ``i`` and divided by ``denominator`` (the
     average number of neighbours used in training).
 
-    Computation, per block of receivers with their edges in a dense ``(receiver, slot)`` table:
-    for one input block and one ``l3``, the per-edge couplings ``M_ij = Σ_m2 Y_ij,m2 B[m2]`` (one
-    ``(2l3+1, 2l1+1)`` matrix per path) and the weighted inputs ``z_ij,u = R_ij,u x_j,u`` give the
-    sum over a receiver's edges as one matrix product over ``(slot, m1)``, batched over receivers
-    and paths. Features are channel-last inside (``[2l+1, mul]`` blocks), so the elementwise work
-    runs over contiguous channels; the result is put in the path order of :attr:`irreps_out` on
-    ``N`` rows at the end.
+    Computation: the coupling is linear in ``Y``, so the sum over a receiver's edges is taken
+    first, of ``Y_m2 · R x_m1`` (see :class:`_EdgeSums`), and the Clebsch-Gordan coupling is
+    applied to the sums, per atom: no per-edge message is ever formed. Features are channel-last
+    inside (``[2l+1, mul]`` blocks), so the elementwise work runs over contiguous channels. The
+    edge sums have a hand-written backward pass: first derivatives (forces, stress) only;
+    differentiating twice (Hessians, training on forces) raises an error.
 
     Args:
         irreps_in: node features.
@@ -114,80 +211,66 @@ class TensorProductConv(nn.Module):
         self.radial = RadialMLP(list(radial_sizes) + [sum(muls)], act_radial)
         self.register_buffer("denominator", torch.tensor(float(denominator), dtype=torch.float64), persistent=False)
         self._in_dims = [mul * ir.dim for mul, ir in self.irreps_in]
-        #: edges per checkpointed segment under autograd (see :meth:`forward`)
-        self.edge_chunk = DEFAULT_EDGE_CHUNK
-        #: edges per block of work (see :meth:`forward`)
-        self.edge_block = DEFAULT_EDGE_BLOCK
 
-        sh_offsets = [sl.start for sl in self.irreps_sh.slices()]
         weight_offsets = [sum(muls[:k]) for k in range(len(muls))]
-        # Work is channel-last (the channel index u innermost, so elementwise work vectorises) and
-        # grouped by input block; within a block, paths are grouped by l3 so that their radial
-        # weights broadcast over the 2l3+1 components.
-        self._inputs = []  # per input block: (block index, mul, 2l1+1, [(number of paths, 2l3+1) per l3])
-        weight_columns, out_columns = [], [None] * len(self.paths)
-        grouped_offset = 0
-        for i_in, (mul, ir_in) in enumerate(self.irreps_in):
-            ks_by_l3 = [
-                [k for k, path in enumerate(self.paths) if path[0] == i_in and path[2][0] == l3]
-                for l3 in sorted({path[2][0] for path in self.paths if path[0] == i_in})
-            ]
-            if not ks_by_l3 or mul == 0:
-                continue
-            rows = []  # coupling rows: (sh component, path, m3) blocks, l3 by l3
-            for ks in ks_by_l3:
-                l3 = self.paths[ks[0]][2][0]
-                d3 = 2 * l3 + 1
-                coupling = torch.zeros(self.irreps_sh.dim, len(ks), d3, ir_in.dim, dtype=torch.float64)
-                for p, k in enumerate(ks):
-                    i_sh = self.paths[k][1]
-                    l2 = self.irreps_sh[i_sh].ir.l
-                    # (2l2+1, 2l3+1, 2l1+1): m = sqrt(2l3+1) Σ C[m1, m2, m3] x[m1] Y[m2]
-                    coupling[sh_offsets[i_sh]:sh_offsets[i_sh] + 2 * l2 + 1, p] = (
-                        wigner_3j(ir_in.l, l2, l3, dtype=torch.float64).permute(1, 2, 0) * d3**0.5
-                    )
-                    # where this path's (channel u, component m) lands in the grouped message layout
-                    out_columns[k] = [grouped_offset + (p * d3 + m) * mul + u for u in range(mul) for m in range(d3)]
-                rows.append(coupling.reshape(self.irreps_sh.dim, len(ks) * d3 * ir_in.dim))
+        x_offsets = [sum(self._in_dims[:b]) for b in range(len(self._in_dims))]
+        # Edge layouts, grouped by sh block, then input block, then path: radial weights
+        # [path, u], weighted inputs [path, m1, u]. Per atom, the coupled sums of a group are
+        # [path, m3, u]; `_out_columns` puts them in irreps_out order ([u, m3] blocks).
+        self._plan, couplings, weight_columns = [], [], []
+        out_columns = [None] * len(self.paths)
+        w_offset = sum_offset = 0
+        for i_sh, (_, ir_sh) in enumerate(self.irreps_sh):
+            groups = []
+            for i_in, (mul, ir_in) in enumerate(self.irreps_in):
+                ks = [k for k, path in enumerate(self.paths) if path[:2] == (i_in, i_sh)]
+                if not ks or mul == 0:
+                    continue
+                d1, d2 = ir_in.dim, ir_sh.dim
+                d3s = [2 * self.paths[k][2][0] + 1 for k in ks]
+                # (sum of d3, paths * d2 * d1), block-diagonal: row (p, m3), column (p, m2, m1)
+                coupling = torch.zeros(sum(d3s), len(ks) * d2 * d1, dtype=torch.float64)
+                row = 0
+                for p, (k, d3) in enumerate(zip(ks, d3s)):
+                    l3 = self.paths[k][2][0]
+                    cg = wigner_3j(ir_in.l, ir_sh.l, l3, dtype=torch.float64).permute(2, 1, 0) * d3**0.5
+                    coupling[row:row + d3, p * d2 * d1:(p + 1) * d2 * d1] = cg.reshape(d3, d2 * d1)
+                    out_columns[k] = [sum_offset + (row + m) * mul + u for u in range(mul) for m in range(d3)]
+                    row += d3
+                couplings.append(coupling)
                 weight_columns += [weight_offsets[k] + u for k in ks for u in range(mul)]
-                grouped_offset += len(ks) * d3 * mul
-            self.register_buffer(f"_coupling_{len(self._inputs)}", torch.cat(rows, dim=1), persistent=False)
-            self._inputs.append((i_in, mul, ir_in.dim, [(len(ks), 2 * self.paths[ks[0]][2][0] + 1) for ks in ks_by_l3]))
-        # radial-MLP columns in grouped order: (path, channel) row-major within each l3 group
+                groups.append(_Group(x_offsets[i_in], d1, mul, len(ks), w_offset))
+                w_offset += len(ks) * mul
+                sum_offset += row * mul
+            if groups:
+                self._plan.append(_ShBlock(self.irreps_sh.slices()[i_sh].start, ir_sh.dim, groups))
+        for g, coupling in enumerate(couplings):
+            self.register_buffer(f"_coupling_{g}", coupling, persistent=False)
+        # radial-MLP columns in grouped order
         self.register_buffer("_weight_columns", torch.tensor(weight_columns, dtype=torch.long), persistent=False)
-        # grouped message layout -> irreps_out layout
         self.register_buffer(
             "_out_columns", torch.tensor([c for cols in out_columns for c in cols], dtype=torch.long),
             persistent=False,
         )
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        sh: torch.Tensor,
-        radial_embedding: torch.Tensor,
-        edge_index: torch.Tensor,
-    ) -> torch.Tensor:
-        """Node features ``(N, irreps_in.dim)``, edge spherical harmonics ``(E, irreps_sh.dim)``, radial
-        embedding ``(E, radial_sizes[0])`` and ``edge_index`` ``(2, E)`` (row 0 receives, row 1 sends,
-        sorted by receiver) → aggregated messages ``(N, irreps_out.dim)``.
+    def forward(self, x: torch.Tensor, edges: List[EdgeInputs]) -> torch.Tensor:
+        """Node features ``(N, irreps_in.dim)`` and the edges of the call (one :class:`EdgeInputs`
+        per segment, covering receivers ``0 .. N-1`` in order) → aggregated messages
+        ``(N, irreps_out.dim)``.
 
-        Edges are processed in blocks of about :attr:`edge_block` edges, each holding whole receivers:
-        a block's intermediates are served by the allocator without the page faults of fresh
-        E-sized buffers, which cost more than the arithmetic. With more than
-        :attr:`edge_chunk` edges under autograd, segments of that many edges are checkpointed: their
-        edge-level intermediates are recomputed in the backward pass instead of being kept (memory
-        linear in the number of atoms with a small constant, at the cost of a second forward pass).
+        With more than one segment under autograd, each segment is checkpointed: its edge-level
+        intermediates are recomputed in the backward pass instead of being kept (memory linear in
+        the number of atoms with a small constant, at the cost of a second forward pass).
         """
-        n, e = x.shape[0], sh.shape[0]
         x = self._channel_last(x)
-        if e <= self.edge_chunk or not torch.is_grad_enabled():
-            return self._aggregate(x, sh, radial_embedding, edge_index, 0, n)
+        recompute = len(edges) > 1 and torch.is_grad_enabled()
         parts = []
-        for r0, r1, b0, b1 in receiver_blocks(edge_index[0], n, self.edge_chunk):
-            args = (x, sh[b0:b1], radial_embedding[b0:b1], edge_index[:, b0:b1], r0, r1)
-            parts.append(checkpoint(self._aggregate, *args, use_reentrant=False))
-        return torch.cat(parts)
+        for segment in edges:
+            run = functools.partial(self._segment_sums, segment.segment)
+            args = (x, *segment.tables)
+            parts.append(checkpoint(run, *args, use_reentrant=False) if recompute else run(*args))
+        sums = [torch.cat(s) if len(s) > 1 else s[0] for s in zip(*parts)]
+        return self._couple(sums) / self.denominator
 
     def _channel_last(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, irreps_in.dim)`` with blocks ``[mul, 2l+1]`` → the same with blocks ``[2l+1, mul]``."""
@@ -198,54 +281,24 @@ class TensorProductConv(nn.Module):
         ]
         return torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
 
-    def _aggregate(self, x, sh, radial_embedding, edge_index, r0: int, r1: int) -> torch.Tensor:
-        """Messages of the edges ``edge_index[1] → edge_index[0]`` (receivers sorted, within
-        ``r0 .. r1-1``) summed on those receivers → ``(r1 - r0, irreps_out.dim)``."""
-        parts = []
-        for s0, s1, b0, b1 in receiver_blocks(edge_index[0] - r0, r1 - r0, self.edge_block):
-            parts.append(self._messages(
-                x, sh[b0:b1], radial_embedding[b0:b1], edge_index[1, b0:b1], edge_index[0, b0:b1] - (r0 + s0), s1 - s0,
-            ))
-        out = torch.cat(parts) if len(parts) > 1 else parts[0]
-        return out.index_select(1, self._out_columns) / self.denominator
+    def _segment_sums(self, segment: EdgeSegment, x, *tables):
+        """The edge sums of :class:`_EdgeSums` for the receivers of ``segment``; ``tables`` are
+        the spherical harmonics and radial embeddings of its blocks, alternating."""
+        weights = [self.radial(embedding, self._weight_columns) for embedding in tables[1::2]]
+        return _EdgeSums.apply(self._plan, segment.blocks, x, *(t for pair in zip(tables[0::2], weights) for t in pair))
 
-    def _messages(self, x, sh, radial_embedding, senders, receivers, n: int) -> torch.Tensor:
-        """Messages of the edges ``senders → receivers`` summed on ``n`` receiving atoms (indices
-        ``0..n-1``, sorted) → ``(n, irreps_out.dim)`` in the grouped layout (unnormalised).
-
-        The edges are laid out as a dense ``(n, K)`` table, ``K`` the most edges of one receiver;
-        empty slots get zero spherical harmonics, hence zero couplings, and contribute nothing
-        whatever their weights. The sum over a receiver's edges is then a batched matrix product
-        over ``K · (2l1+1)``, and no per-edge message is ever formed.
-        """
-        e = sh.shape[0]
-        if e == 0:
-            return x.new_zeros(n, self._out_columns.numel())
-        counts = torch.bincount(receivers, minlength=n)
-        k = int(counts.max())
-        starts = torch.cumsum(counts, 0) - counts
-        slot = receivers * k + torch.arange(e, device=sh.device) - starts[receivers]
-        table = torch.full((n * k,), e, dtype=torch.long, device=sh.device)
-        table[slot] = torch.arange(e, device=sh.device)
-        sh = _gather_padded(sh, table)
-        weights = self.radial(_gather_padded(radial_embedding, table), self._weight_columns)
-        weights = weights.split([mul * npath for _, mul, _, groups in self._inputs for npath, _ in groups], dim=1)
-        senders = _gather_padded(senders, table)
-        # split once rather than slicing per block: a slice's backward allocates a full-size zero tensor
-        x_src = x.index_select(0, senders).split(self._in_dims, dim=1)
-        out, g = [], 0
-        for b, (i_in, mul, d1, groups) in enumerate(self._inputs):
-            edge_maps = (sh @ getattr(self, f"_coupling_{b}")).split([npath * d3 * d1 for npath, d3 in groups], dim=1)
-            x_j = x_src[i_in].reshape(n, 1, k, d1, mul)
-            for edge_map, (npath, d3) in zip(edge_maps, groups):
-                # paths first, as z is laid out (a product takes the memory layout of its inputs)
-                w = weights[g].reshape(n, k, npath, 1, mul).transpose(1, 2)
-                w = w.contiguous() if npath > 1 else w.reshape(n, 1, k, 1, mul)
-                z = (x_j * w).reshape(n * npath, k * d1, mul)
-                m = edge_map.reshape(n, k, npath, d3, d1).permute(0, 2, 3, 1, 4).reshape(n * npath, d3, k * d1)
-                out.append(torch.bmm(m, z).reshape(n, npath * d3 * mul))
-                g += 1
-        return torch.cat(out, dim=1) if len(out) > 1 else out[0]
+    def _couple(self, sums: List[torch.Tensor]) -> torch.Tensor:
+        """Per atom, the Clebsch-Gordan coupling of the edge sums ``(N, d2, paths * d1 * mul)`` (one
+        per group of the plan) to every path's ``l3`` → ``(N, irreps_out.dim)``."""
+        n = sums[0].shape[0]
+        groups = [(block.d2, group) for block in self._plan for group in block.groups]
+        out = []
+        for g, ((d2, group), q) in enumerate(zip(groups, sums)):
+            q = q.view(n, d2, group.paths, group.d1, group.mul).transpose(1, 2)
+            q = q.reshape(n, -1, group.mul)  # (N, [path, m2, m1], u)
+            out.append((getattr(self, f"_coupling_{g}") @ q).reshape(n, -1))
+        out = torch.cat(out, dim=1) if len(out) > 1 else out[0]
+        return out.index_select(1, self._out_columns)
 
     def extra_repr(self) -> str:
         return f"{self.irreps_in} x {self.irreps_sh} -> {self.irreps_out}"

@@ -25,9 +25,9 @@ class InteractionBlock(nn.Module):
         self.linear_2 = EquivariantLinear(conv.irreps_out, gate.irreps_in)
         self.gate = gate
 
-    def forward(self, x, sh, radial_embedding, edge_index) -> torch.Tensor:
-        """Node features ``(N, irreps_in.dim)`` → ``(N, irreps_out.dim)``; edge inputs as in
+    def forward(self, x, edges) -> torch.Tensor:
+        """Node features ``(N, irreps_in.dim)`` → ``(N, irreps_out.dim)``; ``edges`` as in
         :meth:`TensorProductConv.forward`."""
         skip = self.self_connection(x)
-        x = self.conv(self.linear_1(x), sh, radial_embedding, edge_index)
+        x = self.conv(self.linear_1(x), edges)
         return self.gate(self.linear_2(x) + skip)

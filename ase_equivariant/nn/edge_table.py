@@ -1,0 +1,83 @@
+"""The edges of one model call laid out for the convolutions, built once and shared by every layer.
+
+Edges (sorted by receiver) are cut into *segments* of whole receivers (the unit of gradient
+checkpointing for large systems), and segments into *blocks* of about a cache's worth of edges,
+each a dense ``(receiver, slot)`` table.
+"""
+from typing import List, NamedTuple
+
+import torch
+
+
+def receiver_blocks(receivers: torch.Tensor, n: int, size: int):
+    """Split edges sorted by receiver into blocks of about ``size`` edges holding whole receivers.
+
+    Args:
+        receivers: ``(E,)`` receiver indices in ``0 .. n-1``, sorted.
+        n: the number of receiving atoms.
+        size: the target number of edges per block.
+
+    Returns:
+        a list of ``(r0, r1, b0, b1)``: block edges ``b0:b1`` are exactly those received by atoms
+        ``r0 .. r1-1``. Blocks cover ``0 .. n`` (a block may have no edges).
+    """
+    e = receivers.shape[0]
+    if e <= size:
+        return [(0, n, 0, e)]
+    rows = sorted(set([0, n] + receivers[size::size].tolist()))
+    bounds = torch.searchsorted(receivers, torch.tensor(rows, device=receivers.device)).tolist()
+    return list(zip(rows[:-1], rows[1:], bounds[:-1], bounds[1:]))
+
+
+class EdgeBlock(NamedTuple):
+    """Receivers ``r0 .. r0+n-1`` with all their edges, as an ``(n, slots)`` table (row-major).
+
+    ``edges`` and ``senders`` are ``(n * slots,)`` int64: the edge in each slot (``E``, the number
+    of edges, for an empty slot) and its sending atom (0 when empty). ``slots`` is the most edges
+    of one receiver (0: no edges).
+    """
+
+    r0: int
+    n: int
+    slots: int
+    edges: torch.Tensor
+    senders: torch.Tensor
+
+
+class EdgeSegment(NamedTuple):
+    """Receivers ``r0 .. r1-1`` with their edges, in :class:`EdgeBlock` s."""
+
+    r0: int
+    r1: int
+    blocks: List[EdgeBlock]
+
+
+def edge_segments(edge_index, n_atoms: int, segment_size: int, block_size: int) -> List[EdgeSegment]:
+    """Lay out the edges ``edge_index`` ``(2, E)`` (receivers in row 0, sorted) as segments of
+    about ``segment_size`` edges, each of blocks of about ``block_size`` edges. Segments and
+    blocks cover all ``n_atoms`` receivers in order."""
+    e = edge_index.shape[1]
+    device = edge_index.device
+    receivers, senders = edge_index[0], edge_index[1]
+    segments = []
+    for r0, r1, b0, b1 in receiver_blocks(receivers, n_atoms, segment_size):
+        blocks = []
+        for s0, s1, c0, c1 in receiver_blocks(receivers[b0:b1] - r0, r1 - r0, block_size):
+            n, count = s1 - s0, c1 - c0
+            if count == 0:
+                empty = torch.zeros(0, dtype=torch.long, device=device)
+                blocks.append(EdgeBlock(r0 + s0, n, 0, empty, empty))
+                continue
+            rows = receivers[b0 + c0:b0 + c1] - (r0 + s0)
+            counts = torch.bincount(rows, minlength=n)
+            slots = int(counts.max())
+            starts = torch.cumsum(counts, 0) - counts
+            local = torch.arange(count, device=device)
+            table = torch.full((n * slots,), -1, dtype=torch.long, device=device)
+            table[rows * slots + local - starts[rows]] = local
+            filled = table >= 0
+            table.clamp_(min=0)
+            edges = torch.where(filled, table + (b0 + c0), e)
+            blocks.append(EdgeBlock(r0 + s0, n, slots, edges, torch.where(filled, senders[b0 + c0:b0 + c1][table], 0)))
+        segments.append(EdgeSegment(r0, r1, blocks))
+    return segments
