@@ -115,7 +115,8 @@ class _EdgeSums(torch.autograd.Function):
         x, *tables = ctx.saved_tensors
         r0 = ctx.blocks[0].r0
         grad_x = torch.zeros_like(x)
-        grad_tables = [torch.zeros_like(t) for t in tables]
+        # sh gradients are accumulated over groups; every weight column is written by its group
+        grad_tables = [torch.zeros_like(t) if i % 2 == 0 else torch.empty_like(t) for i, t in enumerate(tables)]
         for block, sh_block, w_block, grad_sh_block, gw_block in zip(
                 ctx.blocks, tables[0::2], tables[1::2], grad_tables[0::2], grad_tables[1::2]):
             if block.slots == 0:
@@ -132,6 +133,7 @@ class _EdgeSums(torch.autograd.Function):
                     grad = next(grads_block)
                     w_columns = slice(g.w_offset, g.w_offset + g.paths * g.mul)
                     if grad is None:
+                        gw_block[:, :, w_columns] = 0
                         continue
                     grad = grad[rows]
                     grad_y += torch.bmm(_weighted_inputs(g, w_block, x_block), grad.transpose(1, 2))
