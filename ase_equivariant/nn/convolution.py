@@ -268,11 +268,10 @@ class TensorProductConv(nn.Module):
         recompute = len(edges) > 1 and torch.is_grad_enabled()
         parts = []
         for segment in edges:
-            run = functools.partial(self._segment_sums, segment.segment)
+            run = functools.partial(self._segment_messages, segment.segment)
             args = (x, *segment.tables)
             parts.append(checkpoint(run, *args, use_reentrant=False) if recompute else run(*args))
-        sums = [torch.cat(s) if len(s) > 1 else s[0] for s in zip(*parts)]
-        return self._couple(sums) / self.denominator
+        return (torch.cat(parts) if len(parts) > 1 else parts[0]) / self.denominator
 
     def _channel_last(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, irreps_in.dim)`` with blocks ``[mul, 2l+1]`` → the same with blocks ``[2l+1, mul]``."""
@@ -283,11 +282,14 @@ class TensorProductConv(nn.Module):
         ]
         return torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
 
-    def _segment_sums(self, segment: EdgeSegment, x, *tables):
-        """The edge sums of :class:`_EdgeSums` for the receivers of ``segment``; ``tables`` are
-        the spherical harmonics and radial embeddings of its blocks, alternating."""
+    def _segment_messages(self, segment: EdgeSegment, x, *tables):
+        """The summed messages ``(r1 - r0, irreps_out.dim)`` (unnormalised) received by the atoms
+        of ``segment``; ``tables`` are the spherical harmonics and radial embeddings of its
+        blocks, alternating. The edge sums are large (~8.5k numbers per atom for SevenNet-0), so
+        they are coupled here, inside a checkpointed segment, and not kept."""
         weights = [self.radial(embedding, self._weight_columns) for embedding in tables[1::2]]
-        return _EdgeSums.apply(self._plan, segment.blocks, x, *(t for pair in zip(tables[0::2], weights) for t in pair))
+        sums = _EdgeSums.apply(self._plan, segment.blocks, x, *(t for pair in zip(tables[0::2], weights) for t in pair))
+        return self._couple(sums)
 
     def _couple(self, sums: List[torch.Tensor]) -> torch.Tensor:
         """Per atom, the Clebsch-Gordan coupling of the edge sums ``(N, d2, paths * d1 * mul)`` (one
