@@ -16,7 +16,7 @@ from .linear import EquivariantLinear
 from .radial import BesselBasis, build_cutoff
 
 MAX_ATOMIC_NUMBER = 118
-#: default number of edges in a segment (checkpointed under autograd; ~1 GB of float32 intermediates for SevenNet-0)
+#: default number of edges in a segment (with more than one segment, each is checkpointed under autograd)
 DEFAULT_EDGE_CHUNK = 2**16
 #: default number of edges in a block of work (tens of MB of intermediates, reused by the allocator)
 DEFAULT_EDGE_BLOCK = 2048
