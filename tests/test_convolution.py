@@ -8,7 +8,7 @@ from ase.build import bulk
 from ase_equivariant import EquivariantCalculator
 from ase_equivariant.models import random_model
 from ase_equivariant.neighbors import cell_list
-from ase_equivariant.nn.edge_table import receiver_blocks
+from ase_equivariant.nn.edge_table import edge_segments, receiver_blocks
 
 
 def test_receiver_blocks_cover_every_edge_once_with_whole_receivers():
@@ -21,6 +21,30 @@ def test_receiver_blocks_cover_every_edge_once_with_whole_receivers():
         assert bool(((receivers[b0:b1] >= r0) & (receivers[b0:b1] < r1)).all())
         assert int(((receivers >= r0) & (receivers < r1)).sum()) == b1 - b0
     assert receiver_blocks(receivers, 7, 100) == [(0, 7, 0, len(receivers))]
+
+
+def test_edge_segments_put_every_edge_in_one_slot_of_its_receiver():
+    receivers = torch.tensor([0, 0, 0, 2, 2, 3, 3, 3, 3, 3, 5])
+    senders = torch.tensor([1, 2, 3, 0, 4, 1, 1, 2, 5, 6, 0])
+    edge_index = torch.stack([receivers, senders])
+    e = len(receivers)
+    for segment_size, block_size in [(100, 100), (100, 3), (4, 2), (1, 1)]:
+        segments = edge_segments(edge_index, 7, segment_size, block_size)
+        assert segments[0].r0 == 0 and segments[-1].r1 == 7
+        seen = []
+        for segment in segments:
+            assert segment.blocks[0].r0 == segment.r0
+            assert sum(block.n for block in segment.blocks) == segment.r1 - segment.r0
+            for block in segment.blocks:
+                table = block.edges.view(block.n, block.slots)
+                for row in range(block.n):
+                    edges = [int(x) for x in table[row] if x < e]
+                    assert all(int(receivers[x]) == block.r0 + row for x in edges)
+                    seen += edges
+                filled = block.edges < e
+                assert bool((block.senders[filled] == senders[block.edges[filled]]).all())
+                assert bool((block.senders[~filled] == 0).all())
+        assert sorted(seen) == list(range(e))
 
 
 def crystal():
