@@ -12,6 +12,7 @@ It prints, per structure, the minimum and median over all rounds and the speed-u
     python benchmarks/ab.py HEAD~3 --sizes 108 864 --rounds 4 --calls 5
 """
 import argparse
+import io
 import json
 import os
 import statistics
@@ -42,11 +43,8 @@ def extract(revision: str, folder: str) -> Path:
     """The tree of ``revision`` written into ``folder``."""
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", revision],
                              check=True, capture_output=True).stdout
-    with tempfile.TemporaryFile() as f:
-        f.write(archive)
-        f.seek(0)
-        with tarfile.open(fileobj=f) as tar:
-            tar.extractall(folder, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     return Path(folder)
 
 

@@ -81,7 +81,6 @@ def test_blocks_and_checkpoints_give_the_same_results(structure, block, chunk):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
 
 
-
 def test_second_derivatives_are_refused_with_a_clear_error():
     model = random_model(species=(8, 13, 29), channels=8, num_blocks=2, seed=3)
     atoms = crystal()

@@ -130,12 +130,9 @@ class _EdgeSums(torch.autograd.Function):
                 y = sh_block[:, :, b.offset:b.offset + b.d2]
                 grad_y = grad_sh_block[:, :, b.offset:b.offset + b.d2]
                 for g in b.groups:
-                    grad = next(grads_block)
+                    # never None: autograd hands unused outputs zero gradients (materialize_grads)
+                    grad = next(grads_block)[rows]
                     w_columns = slice(g.w_offset, g.w_offset + g.paths * g.mul)
-                    if grad is None:
-                        gw_block[:, :, w_columns] = 0
-                        continue
-                    grad = grad[rows]
                     grad_y += torch.bmm(_weighted_inputs(g, w_block, x_block), grad.transpose(1, 2))
                     gz = torch.bmm(y, grad).view(n, k, g.paths, g.d1, g.mul)
                     xg = x_block[:, :, g.x_offset:g.x_offset + g.d1 * g.mul].view(n, k, g.d1, g.mul)
