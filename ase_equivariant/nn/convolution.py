@@ -1,27 +1,26 @@
 """Channel-wise ('uvu') tensor-product convolution over the edges of an atomic graph."""
 import functools
+import math
+import threading
 from typing import List, NamedTuple
 
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
-from torch.utils.checkpoint import checkpoint
 
 from ..o3 import Irreps, wigner_3j
 from .activations import ScaledActivation
-from .edge_table import EdgeBlock, EdgeSegment
+from .edge_table import EdgeBlock
 from .mlp import RadialMLP
 
 
 class EdgeInputs(NamedTuple):
-    """The per-call edge data of one :class:`~.edge_table.EdgeSegment`, shared by every convolution.
+    """The per-call edge data shared by every convolution: the :class:`~.edge_table.EdgeBlock` s
+    and, per block, its ``(n, slots, irreps_sh.dim)`` spherical harmonics and ``(n, slots,
+    num_basis)`` radial embedding of the edge in each slot, alternating in ``tables`` (zero rows
+    for empty slots)."""
 
-    ``tables``: per block of the segment, the ``(n, slots, irreps_sh.dim)`` spherical harmonics
-    and the ``(n, slots, num_basis)`` radial embedding of the edge in each slot, alternating
-    (zero rows for empty slots).
-    """
-
-    segment: EdgeSegment
+    blocks: List[EdgeBlock]
     tables: List[torch.Tensor]
 
 
@@ -70,73 +69,112 @@ class _ShBlock(NamedTuple):
     groups: List[_Group]
 
 
-class _EdgeSums(torch.autograd.Function):
-    r"""For the receivers of one segment, the sums over each receiver's edges
+class _Workspace(threading.local):
+    """Scratch buffers reused by every block of every convolution call in this thread, one set per
+    device and dtype: fresh edge-sized buffers are served by the operating system (mmap), and
+    their page faults cost as much as the work. Each buffer keeps the largest size asked for."""
+
+    def __init__(self):
+        self.buffers = {}
+
+    def __call__(self, like: torch.Tensor, name: str, *shape: int) -> torch.Tensor:
+        """An uninitialised ``shape`` tensor of ``like``'s dtype and device; the previous one of
+        the same ``name`` is overwritten."""
+        numel = math.prod(shape)
+        key = (name, like.dtype, like.device)
+        buffer = self.buffers.get(key)
+        if buffer is None or buffer.numel() < numel:
+            buffer = self.buffers[key] = like.new_empty(numel)
+        return buffer[:numel].view(shape)
+
+
+_workspace = _Workspace()
+
+
+class _MessageSums(torch.autograd.Function):
+    r"""The messages received by every atom, summed over its edges (before the normalisation).
+
+    Block by block of edges: the radial weights ``R`` of the block's edges (the radial MLP applied
+    to their embedding), then for every group ``g`` (an input block with a spherical-harmonic
+    block) and path ``p`` of it the sums over each receiver's edges
 
     .. math:: Q^{(g)}_{i, m_2, (p, m_1, u)} = \sum_{k} Y_{ik, m_2}\, R_{ik, p u}\, x_{ik, m_1 u}
 
-    for every group ``g`` (an input block with a spherical-harmonic block) and path ``p`` of it,
-    with ``Y`` the spherical harmonics, ``R`` the radial weights and ``x`` the sender features of
-    the edge in slot ``k`` of receiver ``i``. The Clebsch-Gordan coupling to ``l3`` is applied
-    afterwards, per atom.
+    (``Y`` the spherical harmonics, ``x`` the sender features of the edge in slot ``k`` of
+    receiver ``i``): the weighted inputs ``z = R x`` are formed and summed with one batched matrix
+    product while they are in cache. The sums are then coupled to each path's ``l3``, per atom
+    (:meth:`TensorProductConv._couple`). Nothing per edge outlives its block: the backward pass
+    (first derivatives only) forms ``R`` and ``z`` again, block by block, and differentiates the
+    radial MLP there, so memory does not grow with the number of edges times the layers.
 
-    Inputs: the ``plan``, the segment's ``blocks``, node features ``x`` ``(N, D)`` (channel-last),
-    then per block its ``(n, K, irreps_sh.dim)`` spherical harmonics and its ``(n, K, W)`` radial
-    weights.
-    Outputs: one ``(r1 - r0, d2, paths * d1 * mul)`` tensor per group, in plan order.
-
-    Block by block and group by group, the weighted inputs ``z = R x`` are formed and summed over
-    the edges with one batched matrix product while they are in cache. The backward pass is
-    written out (first derivatives only): it gathers and forms ``z`` again rather than keeping
-    it (cheaper than reading it back from memory) and accumulates the gradient of ``x`` in place.
+    Inputs: the convolution, its ``blocks``, node features ``x`` ``(N, D)`` (channel-last), the
+    blocks' tables (see :class:`EdgeInputs`), then the radial MLP's weight matrices (inputs so that
+    their gradients are returned when they require them).
+    Output: ``(N, irreps_out.dim)``.
     """
 
     @staticmethod
-    def forward(ctx, plan: List[_ShBlock], blocks: List[EdgeBlock], x, *tables):
-        r0, n = blocks[0].r0, sum(block.n for block in blocks)
-        sums = [x.new_zeros(n, b.d2, g.paths * g.d1 * g.mul) for b in plan for g in b.groups]
-        for block, sh_block, w_block in zip(blocks, tables[0::2], tables[1::2]):
+    def forward(ctx, conv: "TensorProductConv", blocks: List[EdgeBlock], x, *tensors):
+        tables = tensors[:2 * len(blocks)]
+        out = x.new_zeros(x.shape[0], conv.irreps_out.dim)
+        output_matrix = conv.radial.output_matrix(conv._weight_columns)
+        work = functools.partial(_workspace, x)
+        for block, sh_block, embedding in zip(blocks, tables[0::2], tables[1::2]):
             if block.slots == 0:
                 continue
-            rows = slice(block.r0 - r0, block.r0 - r0 + block.n)
-            x_block = _gather(block, x)
-            out = iter(sums)
-            for b in plan:
+            weights = _radial_weights(conv.radial.hidden(embedding), output_matrix, work)
+            x_block = _gather(block, x, work)
+            sums = []
+            for b in conv._plan:
                 y = sh_block[:, :, b.offset:b.offset + b.d2].transpose(1, 2)
-                for g in b.groups:
-                    torch.bmm(y, _weighted_inputs(g, w_block, x_block), out=next(out)[rows])
-        ctx.plan, ctx.blocks = plan, blocks
+                sums += [torch.bmm(y, _weighted_inputs(g, weights, x_block, work)) for g in b.groups]
+            out[block.r0:block.r0 + block.n] = conv._couple(sums)
+        ctx.conv, ctx.blocks = conv, blocks
         ctx.save_for_backward(x, *tables)
-        return tuple(sums)
+        return out
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, *grads):
+    def backward(ctx, grad_out):
+        conv, blocks = ctx.conv, ctx.blocks
         x, *tables = ctx.saved_tensors
-        r0 = ctx.blocks[0].r0
+        need_embedding = any(ctx.needs_input_grad[3:3 + 2 * len(blocks)][1::2])
+        need_weights = ctx.needs_input_grad[3 + 2 * len(blocks):]
+        hidden_weights = [w for w, need in zip(conv.radial.weights[:-1], need_weights) if need]
+        with torch.enable_grad():
+            output_matrix = conv.radial.output_matrix(conv._weight_columns)
+        grad_output_matrix = torch.zeros_like(output_matrix) if need_weights[-1] else None
+        grad_hidden = [torch.zeros_like(w) for w in hidden_weights]
         grad_x = torch.zeros_like(x)
-        # sh gradients are accumulated over groups; every weight column is written by its group
-        grad_tables = [torch.zeros_like(t) if i % 2 == 0 else torch.empty_like(t) for i, t in enumerate(tables)]
-        for block, sh_block, w_block, grad_sh_block, gw_block in zip(
-                ctx.blocks, tables[0::2], tables[1::2], grad_tables[0::2], grad_tables[1::2]):
+        # sh gradients are accumulated over groups; embedding gradients come whole from the MLP
+        grad_tables = [torch.zeros_like(t) if i % 2 == 0 else None for i, t in enumerate(tables)]
+        work = functools.partial(_workspace, x)
+        for b_index, (block, sh_block, embedding) in enumerate(zip(blocks, tables[0::2], tables[1::2])):
             if block.slots == 0:
+                if need_embedding:
+                    grad_tables[2 * b_index + 1] = torch.zeros_like(embedding)
                 continue
             n, k = block.n, block.slots
-            rows = slice(block.r0 - r0, block.r0 - r0 + n)
-            x_block = _gather(block, x)
-            gx_block = torch.zeros_like(x_block)
-            grads_block = iter(grads)
-            for b in ctx.plan:
+            grad_sh_block = grad_tables[2 * b_index]
+            embedding = embedding.detach().requires_grad_(need_embedding)
+            with torch.enable_grad():
+                hidden = conv.radial.hidden(embedding)
+            weights = _radial_weights(hidden.detach(), output_matrix.detach(), work)
+            gw_block = work("grad_weights", *weights.shape)  # every column is written by its group
+            x_block = _gather(block, x, work)
+            gx_block = work("grad_x", *x_block.shape).zero_()
+            grads_block = iter(conv._couple_transposed(grad_out[block.r0:block.r0 + n]))
+            for b in conv._plan:
                 y = sh_block[:, :, b.offset:b.offset + b.d2]
                 grad_y = grad_sh_block[:, :, b.offset:b.offset + b.d2]
                 for g in b.groups:
-                    # never None: autograd hands unused outputs zero gradients (materialize_grads)
-                    grad = next(grads_block)[rows]
+                    grad = next(grads_block)
                     w_columns = slice(g.w_offset, g.w_offset + g.paths * g.mul)
-                    grad_y += torch.bmm(_weighted_inputs(g, w_block, x_block), grad.transpose(1, 2))
-                    gz = torch.bmm(y, grad).view(n, k, g.paths, g.d1, g.mul)
+                    grad_y += torch.bmm(_weighted_inputs(g, weights, x_block, work), grad.transpose(1, 2))
+                    gz = torch.bmm(y, grad, out=work("grad_z", n, k, grad.shape[2]))
+                    gz = gz.view(n, k, g.paths, g.d1, g.mul)
                     xg = x_block[:, :, g.x_offset:g.x_offset + g.d1 * g.mul].view(n, k, g.d1, g.mul)
-                    wg = w_block[:, :, w_columns].view(n, k, g.paths, g.mul)
+                    wg = weights[:, :, w_columns].view(n, k, g.paths, g.mul)
                     gw = gw_block[:, :, w_columns].view(n, k, g.paths, g.mul)
                     torch.mul(gz[:, :, :, 0], xg[:, :, None, 0], out=gw)
                     for m1 in range(1, g.d1):
@@ -145,20 +183,48 @@ class _EdgeSums(torch.autograd.Function):
                     for p in range(g.paths):
                         gx.addcmul_(gz[:, :, p], wg[:, :, p, None])
             grad_x.index_add_(0, block.senders, gx_block.view(n * k, -1))
-        return None, None, grad_x, *grad_tables
+            gw_rows = gw_block.view(n * k, -1)
+            if grad_output_matrix is not None:
+                grad_output_matrix.addmm_(hidden.detach().view(n * k, -1).t(), gw_rows)
+            wanted = ([embedding] if need_embedding else []) + hidden_weights
+            if wanted:
+                grad_hidden_out = (gw_rows @ output_matrix.detach().t()).view(hidden.shape)
+                grads = list(torch.autograd.grad(hidden, wanted, grad_hidden_out))
+                if need_embedding:
+                    grad_tables[2 * b_index + 1] = grads.pop(0)
+                for total, grad in zip(grad_hidden, grads):
+                    total += grad
+        grad_weights = [None] * len(need_weights)
+        grad_hidden = iter(grad_hidden)
+        for i, need in enumerate(need_weights[:-1]):
+            grad_weights[i] = next(grad_hidden) if need else None
+        if grad_output_matrix is not None:
+            (grad_weights[-1],) = torch.autograd.grad(output_matrix, conv.radial.weights[-1], grad_output_matrix)
+        return None, None, grad_x, *grad_tables, *grad_weights
 
 
-def _gather(block: EdgeBlock, x):
+def _radial_weights(hidden, output_matrix, work):
+    """The radial weights ``(n, K, W)`` of a block: its last hidden activations ``(n, K, H)`` times
+    the MLP's ``(H, W)`` output matrix."""
+    n, k, h = hidden.shape
+    out = work("weights", n * k, output_matrix.shape[1])
+    return torch.mm(hidden.reshape(n * k, h), output_matrix, out=out).view(n, k, -1)
+
+
+def _gather(block: EdgeBlock, x, work):
     """The sender features ``(n, K, D)`` of ``block``'s slots."""
-    return x.index_select(0, block.senders).view(block.n, block.slots, -1)
+    out = work("x", block.n * block.slots, x.shape[1])
+    return torch.index_select(x, 0, block.senders, out=out).view(block.n, block.slots, -1)
 
 
-def _weighted_inputs(g: _Group, weights, x):
+def _weighted_inputs(g: _Group, weights, x, work):
     """``z[i, k, (p, m1, u)] = R[i, k, p, u] x[i, k, m1, u]`` of group ``g`` → ``(n, K, paths * d1 * mul)``."""
     n, k = x.shape[:2]
-    z = torch.mul(
+    z = work("z", n, k, g.paths, g.d1, g.mul)
+    torch.mul(
         x[:, :, g.x_offset:g.x_offset + g.d1 * g.mul].view(n, k, 1, g.d1, g.mul),
         weights[:, :, g.w_offset:g.w_offset + g.paths * g.mul].view(n, k, g.paths, 1, g.mul),
+        out=z,
     )
     return z.view(n, k, -1)
 
@@ -177,11 +243,12 @@ class TensorProductConv(nn.Module):
     average number of neighbours used in training).
 
     Computation: the coupling is linear in ``Y``, so the sum over a receiver's edges is taken
-    first, of ``Y_m2 · R x_m1`` (see :class:`_EdgeSums`), and the Clebsch-Gordan coupling is
-    applied to the sums, per atom: no per-edge message is ever formed. Features are channel-last
-    inside (``[2l+1, mul]`` blocks), so the elementwise work runs over contiguous channels. The
-    edge sums have a hand-written backward pass: first derivatives (forces, stress) only;
-    differentiating twice (Hessians, training on forces) raises an error.
+    first, of ``Y_m2 · R x_m1`` (see :class:`_MessageSums`), and the Clebsch-Gordan coupling is
+    applied to the sums, per atom: no per-edge message is ever formed, and the radial weights
+    live one block of edges at a time. Features are channel-last inside (``[2l+1, mul]``
+    blocks), so the elementwise work runs over contiguous channels. The message sums have a
+    hand-written backward pass: first derivatives (forces, stress) only; differentiating twice
+    (Hessians, training on forces) raises an error.
 
     Args:
         irreps_in: node features.
@@ -247,28 +314,17 @@ class TensorProductConv(nn.Module):
             self.register_buffer(f"_coupling_{g}", coupling, persistent=False)
         # radial-MLP columns in grouped order
         self.register_buffer("_weight_columns", torch.tensor(weight_columns, dtype=torch.long), persistent=False)
-        self.register_buffer(
-            "_out_columns", torch.tensor([c for cols in out_columns for c in cols], dtype=torch.long),
-            persistent=False,
-        )
+        out_columns = torch.tensor([c for cols in out_columns for c in cols], dtype=torch.long)
+        self.register_buffer("_out_columns", out_columns, persistent=False)
+        # the inverse permutation: the coupled layout's columns in irreps_out order
+        self.register_buffer("_out_rows", torch.argsort(out_columns), persistent=False)
 
-    def forward(self, x: torch.Tensor, edges: List[EdgeInputs]) -> torch.Tensor:
-        """Node features ``(N, irreps_in.dim)`` and the edges of the call (one :class:`EdgeInputs`
-        per segment, covering receivers ``0 .. N-1`` in order) → aggregated messages
-        ``(N, irreps_out.dim)``.
-
-        With more than one segment under autograd, each segment is checkpointed: its edge-level
-        intermediates are recomputed in the backward pass instead of being kept (memory linear in
-        the number of atoms with a small constant, at the cost of a second forward pass).
-        """
+    def forward(self, x: torch.Tensor, edges: EdgeInputs) -> torch.Tensor:
+        """Node features ``(N, irreps_in.dim)`` and the edges of the call (blocks covering receivers
+        ``0 .. N-1`` in order) → aggregated messages ``(N, irreps_out.dim)``."""
         x = self._channel_last(x)
-        recompute = len(edges) > 1 and torch.is_grad_enabled()
-        parts = []
-        for segment in edges:
-            run = functools.partial(self._segment_messages, segment.segment)
-            args = (x, *segment.tables)
-            parts.append(checkpoint(run, *args, use_reentrant=False) if recompute else run(*args))
-        return (torch.cat(parts) if len(parts) > 1 else parts[0]) / self.denominator
+        out = _MessageSums.apply(self, edges.blocks, x, *edges.tables, *self.radial.weights)
+        return out / self.denominator
 
     def _channel_last(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, irreps_in.dim)`` with blocks ``[mul, 2l+1]`` → the same with blocks ``[2l+1, mul]``."""
@@ -279,27 +335,36 @@ class TensorProductConv(nn.Module):
         ]
         return torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
 
-    def _segment_messages(self, segment: EdgeSegment, x, *tables):
-        """The summed messages ``(r1 - r0, irreps_out.dim)`` (unnormalised) received by the atoms
-        of ``segment``; ``tables`` are the spherical harmonics and radial embeddings of its
-        blocks, alternating. The edge sums are large (~8.5k numbers per atom for SevenNet-0), so
-        they are coupled here, inside a checkpointed segment, and not kept."""
-        weights = [self.radial(embedding, self._weight_columns) for embedding in tables[1::2]]
-        sums = _EdgeSums.apply(self._plan, segment.blocks, x, *(t for pair in zip(tables[0::2], weights) for t in pair))
-        return self._couple(sums)
+    def _groups(self):
+        """``(g, d2, group)`` for every group of the plan, in order."""
+        return enumerate((block.d2, group) for block in self._plan for group in block.groups)
 
     def _couple(self, sums: List[torch.Tensor]) -> torch.Tensor:
-        """Per atom, the Clebsch-Gordan coupling of the edge sums ``(N, d2, paths * d1 * mul)`` (one
-        per group of the plan) to every path's ``l3`` → ``(N, irreps_out.dim)``."""
+        """Per atom, the Clebsch-Gordan coupling of the edge sums ``(n, d2, paths * d1 * mul)`` (one
+        per group of the plan) to every path's ``l3`` → ``(n, irreps_out.dim)``."""
         n = sums[0].shape[0]
-        groups = [(block.d2, group) for block in self._plan for group in block.groups]
         out = []
-        for g, ((d2, group), q) in enumerate(zip(groups, sums)):
+        for (g, (d2, group)), q in zip(self._groups(), sums):
             q = q.view(n, d2, group.paths, group.d1, group.mul).transpose(1, 2)
-            q = q.reshape(n, -1, group.mul)  # (N, [path, m2, m1], u)
+            q = q.reshape(n, -1, group.mul)  # (n, [path, m2, m1], u)
             out.append((getattr(self, f"_coupling_{g}") @ q).reshape(n, -1))
         out = torch.cat(out, dim=1) if len(out) > 1 else out[0]
         return out.index_select(1, self._out_columns)
+
+    def _couple_transposed(self, grad_out: torch.Tensor) -> List[torch.Tensor]:
+        """The adjoint of :meth:`_couple`: ``(n, irreps_out.dim)`` → one ``(n, d2, paths * d1 * mul)``
+        per group."""
+        n = grad_out.shape[0]
+        grad = grad_out.index_select(1, self._out_rows)
+        out, start = [], 0
+        for g, (d2, group) in self._groups():
+            coupling = getattr(self, f"_coupling_{g}")
+            width = coupling.shape[0] * group.mul
+            q = coupling.t() @ grad[:, start:start + width].view(n, -1, group.mul)
+            q = q.view(n, group.paths, d2, group.d1 * group.mul).transpose(1, 2)
+            out.append(q.reshape(n, d2, -1))
+            start += width
+        return out
 
     def extra_repr(self) -> str:
         return f"{self.irreps_in} x {self.irreps_sh} -> {self.irreps_out}"

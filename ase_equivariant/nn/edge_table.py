@@ -1,8 +1,7 @@
 """The edges of one model call laid out for the convolutions, built once and shared by every layer.
 
-Edges (sorted by receiver) are cut into *segments* of whole receivers (the unit of gradient
-checkpointing for large systems), and segments into *blocks* of about a cache's worth of edges,
-each a dense ``(receiver, slot)`` table.
+Edges (sorted by receiver) are cut into *blocks* of whole receivers and about a cache's worth of
+edges, each a dense ``(receiver, slot)`` table.
 """
 from typing import List, NamedTuple
 
@@ -44,40 +43,28 @@ class EdgeBlock(NamedTuple):
     senders: torch.Tensor
 
 
-class EdgeSegment(NamedTuple):
-    """Receivers ``r0 .. r1-1`` with their edges, in :class:`EdgeBlock` s."""
-
-    r0: int
-    r1: int
-    blocks: List[EdgeBlock]
-
-
-def edge_segments(edge_index, n_atoms: int, segment_size: int, block_size: int) -> List[EdgeSegment]:
-    """Lay out the edges ``edge_index`` ``(2, E)`` (receivers in row 0, sorted) as segments of
-    about ``segment_size`` edges, each of blocks of about ``block_size`` edges. Segments and
-    blocks cover all ``n_atoms`` receivers in order."""
+def edge_blocks(edge_index, n_atoms: int, block_size: int) -> List[EdgeBlock]:
+    """Lay out the edges ``edge_index`` ``(2, E)`` (receivers in row 0, sorted) as blocks of about
+    ``block_size`` edges; the blocks cover all ``n_atoms`` receivers in order."""
     e = edge_index.shape[1]
     device = edge_index.device
     receivers, senders = edge_index[0], edge_index[1]
-    segments = []
-    for r0, r1, b0, b1 in receiver_blocks(receivers, n_atoms, segment_size):
-        blocks = []
-        for s0, s1, c0, c1 in receiver_blocks(receivers[b0:b1] - r0, r1 - r0, block_size):
-            n, count = s1 - s0, c1 - c0
-            if count == 0:
-                empty = torch.zeros(0, dtype=torch.long, device=device)
-                blocks.append(EdgeBlock(r0 + s0, n, 0, empty, empty))
-                continue
-            rows = receivers[b0 + c0:b0 + c1] - (r0 + s0)
-            counts = torch.bincount(rows, minlength=n)
-            slots = int(counts.max())
-            starts = torch.cumsum(counts, 0) - counts
-            local = torch.arange(count, device=device)
-            table = torch.full((n * slots,), -1, dtype=torch.long, device=device)
-            table[rows * slots + local - starts[rows]] = local
-            filled = table >= 0
-            table.clamp_(min=0)
-            edges = torch.where(filled, table + (b0 + c0), e)
-            blocks.append(EdgeBlock(r0 + s0, n, slots, edges, torch.where(filled, senders[b0 + c0:b0 + c1][table], 0)))
-        segments.append(EdgeSegment(r0, r1, blocks))
-    return segments
+    blocks = []
+    for r0, r1, b0, b1 in receiver_blocks(receivers, n_atoms, block_size):
+        n, count = r1 - r0, b1 - b0
+        if count == 0:
+            empty = torch.zeros(0, dtype=torch.long, device=device)
+            blocks.append(EdgeBlock(r0, n, 0, empty, empty))
+            continue
+        rows = receivers[b0:b1] - r0
+        counts = torch.bincount(rows, minlength=n)
+        slots = int(counts.max())
+        starts = torch.cumsum(counts, 0) - counts
+        local = torch.arange(count, device=device)
+        table = torch.full((n * slots,), -1, dtype=torch.long, device=device)
+        table[rows * slots + local - starts[rows]] = local
+        filled = table >= 0
+        table.clamp_(min=0)
+        edges = torch.where(filled, table + b0, e)
+        blocks.append(EdgeBlock(r0, n, slots, edges, torch.where(filled, senders[b0:b1][table], 0)))
+    return blocks

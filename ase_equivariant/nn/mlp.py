@@ -29,11 +29,18 @@ class RadialMLP(nn.Module):
     def forward(self, x: torch.Tensor, columns: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``(E, sizes[0])`` → ``(E, sizes[-1])``, or ``(E, len(columns))`` with only those output
         columns, in that order."""
-        last = len(self.weights) - 1
-        for k, w in enumerate(self.weights):
-            if k == last and columns is not None:
-                w = w.index_select(1, columns)
-            x = x @ (w * w.shape[0] ** -0.5)
-            if k < last:
-                x = self.act(x)
+        return self.hidden(x) @ self.output_matrix(columns)
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """``(E, sizes[0])`` → the activations of the last hidden layer ``(E, sizes[-2])``."""
+        for w in self.weights[:-1]:
+            x = self.act(x @ (w * w.shape[0] ** -0.5))
         return x
+
+    def output_matrix(self, columns: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The last layer as a ``(sizes[-2], sizes[-1])`` matrix (normalisation included), or only
+        the output ``columns``: ``forward(x) = hidden(x) @ output_matrix()``."""
+        w = self.weights[-1]
+        if columns is not None:
+            w = w.index_select(1, columns)
+        return w * w.shape[0] ** -0.5

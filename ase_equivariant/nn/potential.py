@@ -9,15 +9,13 @@ from ..neighbors import edge_vectors
 from ..o3 import Irreps, spherical_harmonics
 from .activations import ScaledActivation
 from .convolution import EdgeInputs, TensorProductConv
-from .edge_table import edge_segments
+from .edge_table import edge_blocks
 from .gate import Gate
 from .interaction import InteractionBlock
 from .linear import EquivariantLinear
 from .radial import BesselBasis, build_cutoff
 
 MAX_ATOMIC_NUMBER = 118
-#: default number of edges in a segment (with more than one segment, each is checkpointed under autograd)
-DEFAULT_EDGE_CHUNK = 2**16
 #: default number of edges in a block of work (tens of MB of intermediates, reused by the allocator)
 DEFAULT_EDGE_BLOCK = 2048
 
@@ -114,17 +112,9 @@ class EquivariantPotential(nn.Module):
         self.readout_energy = EquivariantLinear(self.readout_hidden.irreps_out, "1x0e")
         self.register_buffer("energy_scale", torch.ones(len(c.species), dtype=torch.float64))
         self.register_buffer("energy_shift", torch.zeros(len(c.species), dtype=torch.float64))
-        #: edges per segment (see :meth:`set_edge_chunk`)
-        self.edge_chunk = DEFAULT_EDGE_CHUNK
         #: edges per block of work: a block's intermediates stay small enough to be served by the
         #: allocator without the page faults of fresh edge-sized buffers
         self.edge_block = DEFAULT_EDGE_BLOCK
-
-    def set_edge_chunk(self, edges: int):
-        """Process the edges in segments of about ``edges`` edges (default ``DEFAULT_EDGE_CHUNK``);
-        under autograd each segment is checkpointed. Lower it to save memory, raise it to save
-        the recomputation."""
-        self.edge_chunk = int(edges)
 
     @property
     def cutoff(self) -> float:
@@ -184,11 +174,9 @@ class EquivariantPotential(nn.Module):
         sh = spherical_harmonics(self.config.lmax_sh, vectors, normalize=True)
         # row E of each: the empty slot
         edge_features = [torch.cat([f, f.new_zeros(1, f.shape[1])]) for f in (sh, radial_embedding)]
-        edges = [
-            EdgeInputs(segment, [f.index_select(0, block.edges).view(block.n, block.slots, f.shape[1])
-                                 for block in segment.blocks for f in edge_features])
-            for segment in edge_segments(edge_index, len(types), self.edge_chunk, self.edge_block)
-        ]
+        blocks = edge_blocks(edge_index, len(types), self.edge_block)
+        edges = EdgeInputs(blocks, [f.index_select(0, block.edges).view(block.n, block.slots, f.shape[1])
+                                    for block in blocks for f in edge_features])
         x = self.species_embedding[types] * len(self.config.species) ** -0.5
         for block in self.blocks:
             x = block(x, edges)
