@@ -64,18 +64,24 @@ except (OSError, AttributeError):  # pragma: no cover - libc without madvise
     _madvise = None
 
 
-def _huge_pages(tensor):
-    """Ask Linux to back a large new CPU tensor with transparent huge pages.
+def _fresh_int64(*shape, device):
+    """A new, uninitialised int64 tensor for the edge arrays, which are fresh memory each call.
 
-    The edge arrays are fresh memory each call and touching fresh memory page by page costs as
-    much as filling it several times over (page faults).  Only whole 2 MiB pages inside the
-    tensor are advised; where THP is off or the call fails nothing changes.
+    Touching fresh memory page by page costs more than filling it several times over on a VM
+    (a page fault per 4 KiB), so on Linux CPU a tensor of at least one 2 MiB page is placed on a
+    2 MiB boundary, in whole 2 MiB pages (up to 4 MiB more than asked for) that are advised onto
+    transparent huge pages. Where THP is off or the call fails nothing changes.
     """
-    if _madvise is None or tensor.device.type != "cpu" or tensor.nbytes < 4 * _HUGE_PAGE:
-        return
-    start = -(-tensor.data_ptr() // _HUGE_PAGE) * _HUGE_PAGE
-    end = (tensor.data_ptr() + tensor.nbytes) // _HUGE_PAGE * _HUGE_PAGE
-    _madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), ctypes.c_int(_MADV_HUGEPAGE))
+    numel = math.prod(shape)
+    if _madvise is None or torch.device(device).type != "cpu" or 8 * numel < _HUGE_PAGE:
+        return torch.empty(shape, dtype=torch.int64, device=device)
+    page = _HUGE_PAGE // 8
+    padded = -(-numel // page) * page
+    raw = torch.empty(padded + page, dtype=torch.int64)
+    offset = (-raw.data_ptr() % _HUGE_PAGE) // 8
+    aligned = raw[offset:offset + padded]
+    _madvise(ctypes.c_void_p(aligned.data_ptr()), ctypes.c_size_t(aligned.nbytes), ctypes.c_int(_MADV_HUGEPAGE))
+    return aligned[:numel].view(shape)
 
 
 def _check_cutoff(cutoff, name="cutoff"):
@@ -388,10 +394,8 @@ class _Edges:
         expected = (needed * self.n_candidates) // max(1, self.tested)
         capacity = min(self.n_candidates, max(needed, expected + expected // 5 + 1024,
                                               2 * self.capacity))
-        ij = torch.empty(2 * capacity, dtype=torch.int64, device=self.device)
-        shifts = torch.empty(capacity, 3, dtype=torch.int64, device=self.device)
-        _huge_pages(ij)
-        _huge_pages(shifts)
+        ij = _fresh_int64(2 * capacity, device=self.device)
+        shifts = _fresh_int64(capacity, 3, device=self.device)
         if self.size:
             ij[capacity:capacity + self.size] = self.j()
             shifts[:self.size] = self.shifts[:self.size]
@@ -652,10 +656,8 @@ class NeighborList:
                 return edge_index, shifts
             keep = torch.nonzero(_within(positions, cell, edge_index, shifts, self.cutoff))
             keep = keep.view(-1)
-            kept_index = torch.empty(2, keep.numel(), dtype=torch.int64, device=keep.device)
-            kept_shifts = torch.empty(keep.numel(), 3, dtype=torch.int64, device=keep.device)
-            _huge_pages(kept_index)
-            _huge_pages(kept_shifts)
+            kept_index = _fresh_int64(2, keep.numel(), device=keep.device)
+            kept_shifts = _fresh_int64(keep.numel(), 3, device=keep.device)
             torch.index_select(edge_index, 1, keep, out=kept_index)
             return kept_index, torch.index_select(shifts, 0, keep, out=kept_shifts)
 
