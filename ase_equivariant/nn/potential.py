@@ -16,7 +16,7 @@ from .linear import EquivariantLinear
 from .radial import BesselBasis, build_cutoff
 
 MAX_ATOMIC_NUMBER = 118
-#: default number of edges in a block of work (tens of MB of intermediates, reused by the allocator)
+#: default number of edges in a block of work (SevenNet-0: scratch buffers of up to ~8 MB each)
 DEFAULT_EDGE_BLOCK = 2048
 
 
@@ -112,8 +112,8 @@ class EquivariantPotential(nn.Module):
         self.readout_energy = EquivariantLinear(self.readout_hidden.irreps_out, "1x0e")
         self.register_buffer("energy_scale", torch.ones(len(c.species), dtype=torch.float64))
         self.register_buffer("energy_shift", torch.zeros(len(c.species), dtype=torch.float64))
-        #: edges per block of work: a block's intermediates stay small enough to be served by the
-        #: allocator without the page faults of fresh edge-sized buffers
+        #: edges per block of work: the convolutions form each block's radial weights and weighted
+        #: inputs in scratch buffers reused from block to block (see ``convolution._Workspace``)
         self.edge_block = DEFAULT_EDGE_BLOCK
 
     @property
