@@ -17,10 +17,11 @@ import ctypes
 import math
 import numbers
 import sys
-import threading
 
 import numpy as np
 import torch
+
+from .scratch import scratch
 
 __all__ = ["cell_list", "edge_vectors", "NeighborList", "neighbor_list"]
 
@@ -34,27 +35,6 @@ _EDGES_PER_CHUNK = 1 << 16
 _MAX_IMAGES = 1 << 30
 # Lower bound of |det| of the unit periodic cell vectors (the sine of the angle for two vectors).
 _MIN_NORMALISED_VOLUME = 1e-8
-
-
-_scratch_buffers = threading.local()
-
-
-def _scratch(name, numel, dtype, device):
-    """A 1-D tensor of ``numel`` elements with undefined contents, reused from call to call.
-
-    Touching freshly allocated memory is slow on CPU (page faults), so the scratch space of the
-    search is kept per thread, sized for the largest chunk seen so far (a few times
-    ``_CANDIDATES_PER_CHUNK`` elements per buffer, some 30 MB in all for uniform systems).
-    Other devices allocate normally.
-    """
-    if torch.device(device).type != "cpu":
-        return torch.empty(numel, dtype=dtype, device=device)
-    buffers = _scratch_buffers.__dict__.setdefault("buffers", {})
-    buffer = buffers.get((name, dtype))
-    if buffer is None or buffer.numel() < numel:
-        buffer = buffers[(name, dtype)] = torch.empty(numel, dtype=dtype)
-    return buffer[:numel]
-
 
 _HUGE_PAGE = 1 << 21
 _MADV_HUGEPAGE = 14
@@ -197,14 +177,14 @@ def _within(positions, cell, edge_index, shifts, cutoff):
     inside = torch.empty(shifts.shape[0], dtype=torch.bool, device=device)
     for e0 in range(0, shifts.shape[0], _EDGES_PER_CHUNK):
         e1 = min(e0 + _EDGES_PER_CHUNK, shifts.shape[0])
-        d = _scratch("within_d", 3 * (e1 - e0), dtype, device).view(-1, 3)
-        other = _scratch("within_other", 3 * (e1 - e0), dtype, device).view(-1, 3)
+        d = scratch("within_d", 3 * (e1 - e0), dtype, device).view(-1, 3)
+        other = scratch("within_other", 3 * (e1 - e0), dtype, device).view(-1, 3)
         torch.index_select(positions, 0, edge_index[1, e0:e1], out=d)
         d.sub_(torch.index_select(positions, 0, edge_index[0, e0:e1], out=other))
         other.copy_(shifts[e0:e1])
-        d.add_(torch.mm(other, cell, out=_scratch("within_shift", 3 * (e1 - e0), dtype,
+        d.add_(torch.mm(other, cell, out=scratch("within_shift", 3 * (e1 - e0), dtype,
                                                    device).view(-1, 3)))
-        length = torch.mul(d[:, 0], d[:, 0], out=_scratch("within_length", e1 - e0, dtype, device))
+        length = torch.mul(d[:, 0], d[:, 0], out=scratch("within_length", e1 - e0, dtype, device))
         length.addcmul_(d[:, 1], d[:, 1]).addcmul_(d[:, 2], d[:, 2])
         torch.lt(length.sqrt_(), cutoff, out=inside[e0:e1])
     return inside
@@ -525,13 +505,13 @@ def _candidates(first_atom, start, count, wrapped, image_pos, n_images, cutoff):
     previous[1:, 0] = n_images + (rows * width - total)[:-1]
     target = torch.cat([start, start.new_full((n_atoms, 1), n_images)], dim=1)
     size = n_rows * width
-    step = _scratch("step", size + 1, torch.int32, device).fill_(1)
+    step = scratch("step", size + 1, torch.int32, device).fill_(1)
     step.index_add_(0, slot.view(-1), (target - previous).view(-1).to(torch.int32))
     image = torch.cumsum(step[:-1], dim=0, dtype=torch.int32,
-                         out=_scratch("image", size, torch.int32, device))
+                         out=scratch("image", size, torch.int32, device))
     row_atom = torch.repeat_interleave(rows, output_size=n_rows)
-    d2 = _scratch("d2", size, dtype, device)
-    d = _scratch("d", size, dtype, device)
+    d2 = scratch("d2", size, dtype, device)
+    d = scratch("d", size, dtype, device)
     for c in range(3):
         out = d2 if c == 0 else d
         torch.index_select(image_pos[c], 0, image, out=out)
@@ -541,12 +521,12 @@ def _candidates(first_atom, start, count, wrapped, image_pos, n_images, cutoff):
             d2.mul_(d2)
         else:
             d2.addcmul_(d, d)
-    inside = torch.lt(d2, cutoff * cutoff, out=_scratch("inside", size, torch.bool, device))
-    keep = torch.nonzero(inside, out=_scratch("keep", 0, torch.int64, device)).view(-1)
-    found_image = torch.index_select(image, 0, keep, out=_scratch("found", 0, torch.int32, device))
-    found_d2 = torch.index_select(d2, 0, keep, out=_scratch("found_d2", 0, dtype, device))
+    inside = torch.lt(d2, cutoff * cutoff, out=scratch("inside", size, torch.bool, device))
+    keep = torch.nonzero(inside, out=scratch("keep", 0, torch.int64, device)).view(-1)
+    found_image = torch.index_select(image, 0, keep, out=scratch("found", 0, torch.int32, device))
+    found_d2 = torch.index_select(d2, 0, keep, out=scratch("found_d2", 0, dtype, device))
     keep.div_(width, rounding_mode="floor")
-    found_i = torch.index_select(row_atom, 0, keep, out=_scratch("found_i", 0, torch.int64, device))
+    found_i = torch.index_select(row_atom, 0, keep, out=scratch("found_i", 0, torch.int64, device))
     found_i += first_atom
     return found_i, found_image, found_d2
 

@@ -1,7 +1,6 @@
 """Channel-wise ('uvu') tensor-product convolution over the edges of an atomic graph."""
 import functools
 import math
-import threading
 from typing import List, NamedTuple
 
 import torch
@@ -9,6 +8,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from ..o3 import Irreps, wigner_3j
+from ..scratch import scratch
 from .activations import ScaledActivation
 from .edge_table import EdgeBlock
 from .mlp import RadialMLP
@@ -69,26 +69,11 @@ class _ShBlock(NamedTuple):
     groups: List[_Group]
 
 
-class _Workspace(threading.local):
-    """Scratch buffers reused by every block of every convolution call in this thread, one set per
-    device and dtype: fresh edge-sized buffers are served by the operating system (mmap), and
-    their page faults cost as much as the work. Each buffer keeps the largest size asked for."""
-
-    def __init__(self):
-        self.buffers = {}
-
-    def __call__(self, like: torch.Tensor, name: str, *shape: int) -> torch.Tensor:
-        """An uninitialised ``shape`` tensor of ``like``'s dtype and device; the previous one of
-        the same ``name`` is overwritten."""
-        numel = math.prod(shape)
-        key = (name, like.dtype, like.device)
-        buffer = self.buffers.get(key)
-        if buffer is None or buffer.numel() < numel:
-            buffer = self.buffers[key] = like.new_empty(numel)
-        return buffer[:numel].view(shape)
-
-
-_workspace = _Workspace()
+def _work(like: torch.Tensor, name: str, *shape: int) -> torch.Tensor:
+    """Uninitialised ``shape`` scratch space of ``like``'s dtype and device, reused by every block
+    of every convolution call (see :func:`~ase_equivariant.scratch.scratch`); asking for ``name``
+    again overwrites what the previous request returned."""
+    return scratch(f"convolution.{name}", math.prod(shape), like.dtype, like.device).view(shape)
 
 
 class _MessageSums(torch.autograd.Function):
@@ -118,7 +103,7 @@ class _MessageSums(torch.autograd.Function):
         tables = tensors[:2 * len(blocks)]
         out = x.new_zeros(x.shape[0], conv.irreps_out.dim)
         output_matrix = conv.radial.output_matrix(conv._weight_columns)
-        work = functools.partial(_workspace, x)
+        work = functools.partial(_work, x)
         for block, sh_block, embedding in zip(blocks, tables[0::2], tables[1::2]):
             if block.slots == 0:
                 continue
@@ -148,7 +133,7 @@ class _MessageSums(torch.autograd.Function):
         grad_x = torch.zeros_like(x)
         # sh gradients are accumulated over groups; embedding gradients come whole from the MLP
         grad_tables = [torch.zeros_like(t) if i % 2 == 0 else None for i, t in enumerate(tables)]
-        work = functools.partial(_workspace, x)
+        work = functools.partial(_work, x)
         for b_index, (block, sh_block, embedding) in enumerate(zip(blocks, tables[0::2], tables[1::2])):
             if block.slots == 0:
                 if need_embedding:

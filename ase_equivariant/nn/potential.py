@@ -113,7 +113,7 @@ class EquivariantPotential(nn.Module):
         self.register_buffer("energy_scale", torch.ones(len(c.species), dtype=torch.float64))
         self.register_buffer("energy_shift", torch.zeros(len(c.species), dtype=torch.float64))
         #: edges per block of work: the convolutions form each block's radial weights and weighted
-        #: inputs in scratch buffers reused from block to block (see ``convolution._Workspace``)
+        #: inputs in scratch buffers reused from block to block (see ``ase_equivariant.scratch``)
         self.edge_block = DEFAULT_EDGE_BLOCK
 
     @property
