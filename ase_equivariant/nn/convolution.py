@@ -126,7 +126,7 @@ class _MessageSums(torch.autograd.Function):
         need_embedding = any(ctx.needs_input_grad[3:3 + 2 * len(blocks)][1::2])
         need_weights = ctx.needs_input_grad[3 + 2 * len(blocks):]
         hidden_weights = [w for w, need in zip(conv.radial.weights[:-1], need_weights) if need]
-        with torch.enable_grad():
+        with torch.set_grad_enabled(need_weights[-1]):
             output_matrix = conv.radial.output_matrix(conv._weight_columns)
         grad_output_matrix = torch.zeros_like(output_matrix) if need_weights[-1] else None
         grad_hidden = [torch.zeros_like(w) for w in hidden_weights]
@@ -142,7 +142,7 @@ class _MessageSums(torch.autograd.Function):
             n, k = block.n, block.slots
             grad_sh_block = grad_tables[2 * b_index]
             embedding = embedding.detach().requires_grad_(need_embedding)
-            with torch.enable_grad():
+            with torch.set_grad_enabled(need_embedding or bool(hidden_weights)):
                 hidden = conv.radial.hidden(embedding)
             weights = _radial_weights(hidden.detach(), output_matrix.detach(), work)
             gw_block = work("grad_weights", *weights.shape)  # every column is written by its group
@@ -179,12 +179,10 @@ class _MessageSums(torch.autograd.Function):
                     grad_tables[2 * b_index + 1] = grads.pop(0)
                 for total, grad in zip(grad_hidden, grads):
                     total += grad
-        grad_weights = [None] * len(need_weights)
         grad_hidden = iter(grad_hidden)
-        for i, need in enumerate(need_weights[:-1]):
-            grad_weights[i] = next(grad_hidden) if need else None
-        if grad_output_matrix is not None:
-            (grad_weights[-1],) = torch.autograd.grad(output_matrix, conv.radial.weights[-1], grad_output_matrix)
+        grad_weights = [next(grad_hidden) if need else None for need in need_weights[:-1]]
+        grad_weights.append(None if grad_output_matrix is None else
+                            torch.autograd.grad(output_matrix, conv.radial.weights[-1], grad_output_matrix)[0])
         return None, None, grad_x, *grad_tables, *grad_weights
 
 
