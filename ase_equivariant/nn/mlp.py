@@ -1,5 +1,5 @@
 """The radial multilayer perceptron that turns an edge's radial embedding into tensor-product weights."""
-from typing import List, Optional
+from typing import List
 
 import torch
 from torch import nn
@@ -11,7 +11,9 @@ class RadialMLP(nn.Module):
     r"""Bias-free MLP ``sizes[0] → ... → sizes[-1]``, activation on every hidden layer.
 
     Each layer computes :math:`x W / \sqrt{n_{in}}` (weights of unit variance, as e3nn's
-    ``FullyConnectedNet``); the last layer has no activation.
+    ``FullyConnectedNet``); the last layer has no activation. The network comes in its two
+    parts, the output being ``hidden(x) @ output_matrix(columns)``: the convolution applies
+    them block by block of edges (see ``convolution._MessageSums``).
 
     Args:
         sizes: layer widths, e.g. ``[8, 64, 64, 384]``.
@@ -26,21 +28,14 @@ class RadialMLP(nn.Module):
         )
         self.act = act
 
-    def forward(self, x: torch.Tensor, columns: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``(E, sizes[0])`` → ``(E, sizes[-1])``, or ``(E, len(columns))`` with only those output
-        columns, in that order."""
-        return self.hidden(x) @ self.output_matrix(columns)
-
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
         """``(E, sizes[0])`` → the activations of the last hidden layer ``(E, sizes[-2])``."""
         for w in self.weights[:-1]:
             x = self.act(x @ (w * w.shape[0] ** -0.5))
         return x
 
-    def output_matrix(self, columns: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The last layer as a ``(sizes[-2], sizes[-1])`` matrix (normalisation included), or only
-        the output ``columns``: ``forward(x) = hidden(x) @ output_matrix()``."""
-        w = self.weights[-1]
-        if columns is not None:
-            w = w.index_select(1, columns)
+    def output_matrix(self, columns: torch.Tensor) -> torch.Tensor:
+        """The last layer's output ``columns`` (int64 indices, in that order) as a
+        ``(sizes[-2], len(columns))`` matrix, normalisation included."""
+        w = self.weights[-1].index_select(1, columns)
         return w * w.shape[0] ** -0.5
