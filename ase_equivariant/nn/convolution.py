@@ -11,6 +11,7 @@ from ..o3 import Irreps, wigner_3j
 from ..scratch import scratch
 from .activations import ScaledActivation
 from .edge_table import EdgeBlock
+from . import native
 from .mlp import RadialMLP
 
 
@@ -104,15 +105,20 @@ class _MessageSums(torch.autograd.Function):
         out = x.new_zeros(x.shape[0], conv.irreps_out.dim)
         output_matrix = conv.radial.output_matrix(conv._weight_columns)
         work = functools.partial(_work, x)
+        compiled = conv._compiled_kernels(x)
         for block, sh_block, embedding in zip(blocks, tables[0::2], tables[1::2]):
             if block.slots == 0:
                 continue
             weights = _radial_weights(conv.radial.hidden(embedding), output_matrix, work)
-            x_block = _gather(block, x, work)
-            sums = []
-            for b in conv._plan:
-                y = sh_block[:, :, b.offset:b.offset + b.d2].transpose(1, 2)
-                sums += [torch.bmm(y, _weighted_inputs(g, weights, x_block, work)) for g in b.groups]
+            sums = work("sums", block.n, conv._sums_width)
+            if compiled is not None:
+                compiled.forward(block.counts, block.senders, sh_block, weights, x, conv._group_table, sums,
+                                 work=block.n * block.slots * conv._sums_width)
+            else:
+                x_block = _gather(block, x, work)
+                for (y_offset, d2, g), q in zip(conv._groups(), conv._split_sums(sums)):
+                    y = sh_block[:, :, y_offset:y_offset + d2].transpose(1, 2)
+                    q.copy_(torch.bmm(y, _weighted_inputs(g, weights, x_block, work)))
             out[block.r0:block.r0 + block.n] = conv._couple(sums)
         ctx.conv, ctx.blocks = conv, blocks
         ctx.save_for_backward(x, *tables)
@@ -131,42 +137,30 @@ class _MessageSums(torch.autograd.Function):
         grad_output_matrix = torch.zeros_like(output_matrix) if need_weights[-1] else None
         grad_hidden = [torch.zeros_like(w) for w in hidden_weights]
         grad_x = torch.zeros_like(x)
-        # sh gradients are accumulated over groups; embedding gradients come whole from the MLP
-        grad_tables = [torch.zeros_like(t) if i % 2 == 0 else None for i, t in enumerate(tables)]
+        # embedding gradients come whole from the MLP
+        grad_tables = [torch.empty_like(t) if i % 2 == 0 else None for i, t in enumerate(tables)]
         work = functools.partial(_work, x)
+        compiled = conv._compiled_kernels(x)
         for b_index, (block, sh_block, embedding) in enumerate(zip(blocks, tables[0::2], tables[1::2])):
             if block.slots == 0:
+                grad_tables[2 * b_index].zero_()
                 if need_embedding:
                     grad_tables[2 * b_index + 1] = torch.zeros_like(embedding)
                 continue
             n, k = block.n, block.slots
-            grad_sh_block = grad_tables[2 * b_index]
             embedding = embedding.detach().requires_grad_(need_embedding)
             with torch.set_grad_enabled(need_embedding or bool(hidden_weights)):
                 hidden = conv.radial.hidden(embedding)
             weights = _radial_weights(hidden.detach(), output_matrix.detach(), work)
-            gw_block = work("grad_weights", *weights.shape)  # every column is written by its group
-            x_block = _gather(block, x, work)
-            gx_block = work("grad_x", *x_block.shape).zero_()
-            grads_block = iter(conv._couple_transposed(grad_out[block.r0:block.r0 + n]))
-            for b in conv._plan:
-                y = sh_block[:, :, b.offset:b.offset + b.d2]
-                grad_y = grad_sh_block[:, :, b.offset:b.offset + b.d2]
-                for g in b.groups:
-                    grad = next(grads_block)
-                    w_columns = slice(g.w_offset, g.w_offset + g.paths * g.mul)
-                    grad_y += torch.bmm(_weighted_inputs(g, weights, x_block, work), grad.transpose(1, 2))
-                    gz = torch.bmm(y, grad, out=work("grad_z", n, k, grad.shape[2]))
-                    gz = gz.view(n, k, g.paths, g.d1, g.mul)
-                    xg = x_block[:, :, g.x_offset:g.x_offset + g.d1 * g.mul].view(n, k, g.d1, g.mul)
-                    wg = weights[:, :, w_columns].view(n, k, g.paths, g.mul)
-                    gw = gw_block[:, :, w_columns].view(n, k, g.paths, g.mul)
-                    torch.mul(gz[:, :, :, 0], xg[:, :, None, 0], out=gw)
-                    for m1 in range(1, g.d1):
-                        gw.addcmul_(gz[:, :, :, m1], xg[:, :, None, m1])
-                    gx = gx_block[:, :, g.x_offset:g.x_offset + g.d1 * g.mul].view(n, k, g.d1, g.mul)
-                    for p in range(g.paths):
-                        gx.addcmul_(gz[:, :, p], wg[:, :, p, None])
+            gw_block = work("grad_weights", *weights.shape)  # every column is written
+            gx_block = work("grad_x", n, k, x.shape[1])
+            grad_sums = conv._couple_transposed(grad_out[block.r0:block.r0 + n])
+            if compiled is not None:
+                compiled.backward(block.counts, block.senders, sh_block, weights, x, conv._group_table, grad_sums,
+                                  grad_tables[2 * b_index], gw_block, gx_block, work=3 * n * k * conv._sums_width)
+            else:
+                _message_sums_backward(conv, block, sh_block, weights, x, grad_sums,
+                                       grad_tables[2 * b_index], gw_block, gx_block, work)
             grad_x.index_add_(0, block.senders, gx_block.view(n * k, -1))
             gw_rows = gw_block.view(n * k, -1)
             if grad_output_matrix is not None:
@@ -184,6 +178,33 @@ class _MessageSums(torch.autograd.Function):
         grad_weights.append(None if grad_output_matrix is None else
                             torch.autograd.grad(output_matrix, conv.radial.weights[-1], grad_output_matrix)[0])
         return None, None, grad_x, *grad_tables, *grad_weights
+
+
+def _message_sums_backward(conv: "TensorProductConv", block: EdgeBlock, sh_block, weights, x, grad_sums,
+                           grad_sh, grad_weights, grad_x, work):
+    """The pure-torch gradients of a block's message sums (the compiled kernels' fallback): given
+    ``grad_sums (n, conv._sums_width)``, writes ``grad_sh (n, K, S)``, ``grad_weights (n, K, W)``
+    and the gradients ``grad_x (n, K, D)`` of each slot's sender features."""
+    n, k = block.n, block.slots
+    x_block = _gather(block, x, work)
+    grad_sh.zero_()
+    grad_x.zero_()
+    for (y_offset, d2, g), grad in zip(conv._groups(), conv._split_sums(grad_sums)):
+        y = sh_block[:, :, y_offset:y_offset + d2]
+        w_columns = slice(g.w_offset, g.w_offset + g.paths * g.mul)
+        grad_sh[:, :, y_offset:y_offset + d2] += torch.bmm(_weighted_inputs(g, weights, x_block, work),
+                                                           grad.transpose(1, 2))
+        gz = torch.bmm(y, grad, out=work("grad_z", n, k, grad.shape[2]))
+        gz = gz.view(n, k, g.paths, g.d1, g.mul)
+        xg = x_block[:, :, g.x_offset:g.x_offset + g.d1 * g.mul].view(n, k, g.d1, g.mul)
+        wg = weights[:, :, w_columns].view(n, k, g.paths, g.mul)
+        gw = grad_weights[:, :, w_columns].view(n, k, g.paths, g.mul)
+        torch.mul(gz[:, :, :, 0], xg[:, :, None, 0], out=gw)
+        for m1 in range(1, g.d1):
+            gw.addcmul_(gz[:, :, :, m1], xg[:, :, None, m1])
+        gx = grad_x[:, :, g.x_offset:g.x_offset + g.d1 * g.mul].view(n, k, g.d1, g.mul)
+        for p in range(g.paths):
+            gx.addcmul_(gz[:, :, p], wg[:, :, p, None])
 
 
 def _radial_weights(hidden, output_matrix, work):
@@ -297,6 +318,14 @@ class TensorProductConv(nn.Module):
             self.register_buffer(f"_coupling_{g}", coupling, persistent=False)
         # radial-MLP columns in grouped order
         self.register_buffer("_weight_columns", torch.tensor(weight_columns, dtype=torch.long), persistent=False)
+        # per group: the 8 numbers of message_sums.c, and the width of its message sums per atom
+        self._sum_widths = [d2 * g.paths * g.d1 * g.mul for _, d2, g in self._groups()]
+        self._sums_width = sum(self._sum_widths)
+        table = [[y_offset, d2, g.x_offset, g.d1, g.mul, g.paths, g.w_offset, sum(self._sum_widths[:k])]
+                 for k, (y_offset, d2, g) in enumerate(self._groups())]
+        self.register_buffer("_group_table", torch.tensor(table, dtype=torch.int32).view(-1, 8), persistent=False)
+        #: whether CPU calls use the compiled kernels (:mod:`.native`) when they can be built
+        self.use_compiled = True
         out_columns = torch.tensor([c for cols in out_columns for c in cols], dtype=torch.long)
         self.register_buffer("_out_columns", out_columns, persistent=False)
         # the inverse permutation: the coupled layout's columns in irreps_out order
@@ -319,35 +348,50 @@ class TensorProductConv(nn.Module):
         return torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
 
     def _groups(self):
-        """``(g, d2, group)`` for every group of the plan, in order."""
-        return enumerate((block.d2, group) for block in self._plan for group in block.groups)
+        """``(y_offset, d2, group)`` for every group of the plan, in order: the group's
+        spherical-harmonic components are ``y_offset .. y_offset+d2-1``."""
+        return [(block.offset, block.d2, group) for block in self._plan for group in block.groups]
 
-    def _couple(self, sums: List[torch.Tensor]) -> torch.Tensor:
-        """Per atom, the Clebsch-Gordan coupling of the edge sums ``(n, d2, paths * d1 * mul)`` (one
-        per group of the plan) to every path's ``l3`` → ``(n, irreps_out.dim)``."""
-        n = sums[0].shape[0]
+    def _split_sums(self, sums: torch.Tensor) -> List[torch.Tensor]:
+        """The message sums ``(n, _sums_width)`` as one ``(n, d2, paths * d1 * mul)`` view per group."""
+        n = sums.shape[0]
+        return [q.view(n, d2, -1) for (_, d2, _), q in zip(self._groups(), sums.split(self._sum_widths, dim=1))]
+
+    def _compiled_kernels(self, x: torch.Tensor):
+        """The compiled kernels (:mod:`.native`) if they can compute this convolution on ``x``'s
+        device and dtype, else ``None`` (the pure-torch path is used)."""
+        if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or not self.use_compiled:
+            return None
+        compiled = native.kernels()
+        if compiled is None or max(d2 for _, d2, _ in self._groups()) > compiled.max_d2:
+            return None
+        return compiled
+
+    def _couple(self, sums: torch.Tensor) -> torch.Tensor:
+        """Per atom, the Clebsch-Gordan coupling of the message sums ``(n, _sums_width)`` (see
+        :meth:`_split_sums`) to every path's ``l3`` → ``(n, irreps_out.dim)``."""
+        n = sums.shape[0]
         out = []
-        for (g, (d2, group)), q in zip(self._groups(), sums):
+        for g, ((_, d2, group), q) in enumerate(zip(self._groups(), self._split_sums(sums))):
             q = q.view(n, d2, group.paths, group.d1, group.mul).transpose(1, 2)
             q = q.reshape(n, -1, group.mul)  # (n, [path, m2, m1], u)
             out.append((getattr(self, f"_coupling_{g}") @ q).reshape(n, -1))
         out = torch.cat(out, dim=1) if len(out) > 1 else out[0]
         return out.index_select(1, self._out_columns)
 
-    def _couple_transposed(self, grad_out: torch.Tensor) -> List[torch.Tensor]:
-        """The adjoint of :meth:`_couple`: ``(n, irreps_out.dim)`` → one ``(n, d2, paths * d1 * mul)``
-        per group."""
+    def _couple_transposed(self, grad_out: torch.Tensor) -> torch.Tensor:
+        """The adjoint of :meth:`_couple`: ``(n, irreps_out.dim)`` → ``(n, _sums_width)``, contiguous."""
         n = grad_out.shape[0]
         grad = grad_out.index_select(1, self._out_rows)
         out, start = [], 0
-        for g, (d2, group) in self._groups():
+        for g, (_, d2, group) in enumerate(self._groups()):
             coupling = getattr(self, f"_coupling_{g}")
             width = coupling.shape[0] * group.mul
             q = coupling.t() @ grad[:, start:start + width].view(n, -1, group.mul)
             q = q.view(n, group.paths, d2, group.d1 * group.mul).transpose(1, 2)
-            out.append(q.reshape(n, d2, -1))
+            out.append(q.reshape(n, -1))
             start += width
-        return out
+        return torch.cat(out, dim=1) if len(out) > 1 else out[0].contiguous()
 
     def extra_repr(self) -> str:
         return f"{self.irreps_in} x {self.irreps_sh} -> {self.irreps_out}"

@@ -32,8 +32,9 @@ class EdgeBlock(NamedTuple):
     """Receivers ``r0 .. r0+n-1`` with all their edges, as an ``(n, slots)`` table (row-major).
 
     ``edges`` and ``senders`` are ``(n * slots,)`` int64: the edge in each slot (``E``, the number
-    of edges, for an empty slot) and its sending atom (0 when empty). ``slots`` is the most edges
-    of one receiver (0: no edges).
+    of edges, for an empty slot) and its sending atom (0 when empty). ``counts`` ``(n,)`` int64:
+    the edges of each receiver, which fill its first slots. ``slots`` is the most edges of one
+    receiver (0: no edges).
     """
 
     r0: int
@@ -41,6 +42,7 @@ class EdgeBlock(NamedTuple):
     slots: int
     edges: torch.Tensor
     senders: torch.Tensor
+    counts: torch.Tensor
 
 
 def edge_blocks(edge_index, n_atoms: int, block_size: int) -> List[EdgeBlock]:
@@ -54,7 +56,7 @@ def edge_blocks(edge_index, n_atoms: int, block_size: int) -> List[EdgeBlock]:
         n, count = r1 - r0, b1 - b0
         if count == 0:
             empty = torch.zeros(0, dtype=torch.long, device=device)
-            blocks.append(EdgeBlock(r0, n, 0, empty, empty))
+            blocks.append(EdgeBlock(r0, n, 0, empty, empty, torch.zeros(n, dtype=torch.long, device=device)))
             continue
         rows = receivers[b0:b1] - r0
         counts = torch.bincount(rows, minlength=n)
@@ -66,5 +68,5 @@ def edge_blocks(edge_index, n_atoms: int, block_size: int) -> List[EdgeBlock]:
         filled = table >= 0
         table.clamp_(min=0)
         edges = torch.where(filled, table + b0, e)
-        blocks.append(EdgeBlock(r0, n, slots, edges, torch.where(filled, senders[b0:b1][table], 0)))
+        blocks.append(EdgeBlock(r0, n, slots, edges, torch.where(filled, senders[b0:b1][table], 0), counts))
     return blocks

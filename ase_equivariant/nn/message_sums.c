@@ -1,0 +1,208 @@
+/* Fused CPU kernels of the convolution's message sums and their first derivatives.
+ *
+ * Built on first use by ase_equivariant/nn/native.py (plain C99, no Python or torch headers) and
+ * called through ctypes on contiguous arrays; the pure-torch path in convolution.py computes the
+ * same numbers and is used where this library cannot be built.
+ *
+ * A block holds receivers 0 .. n-1 with K slots each (row-major (n, K) tables); receiver i's
+ * edges are in its first counts[i] slots. Per slot e = i*K + k:
+ *   Y[e, 0:S]            spherical harmonics of the edge,
+ *   R[e, 0:W]            radial weights of the edge,
+ *   x[senders[e], 0:D]   the sender's features (channel-last: blocks [d1, mul]).
+ * A group (an input block with a spherical-harmonic block) is described by 8 ints
+ *   y_off, d2, x_off, d1, mul, paths, w_off, q_off
+ * and its message sums, per receiver, are the (d2, paths, d1, mul) block at q_off of Q[i, 0:QD]:
+ *   Q[i, q_off + ((m2*paths + p)*d1 + m1)*mul + u]
+ *       = sum_k Y[e, y_off+m2] * R[e, w_off + p*mul + u] * x[s_e, x_off + m1*mul + u].
+ *
+ * Both kernels work on receivers r0 .. r1-1, so that callers can split a block between threads;
+ * outputs of different receivers never overlap. The inner loops run over tiles of channels u
+ * with the d2 rows of a tile held in registers (d2 is made a compile-time constant for
+ * d2 = 1, 3, 5, 7, the spherical harmonics up to l = 3).
+ *
+ * The file is compiled once: it includes itself twice, for float (suffix f32) and double (f64).
+ */
+#ifndef T
+#include <stdint.h>
+#include <string.h>
+
+#define INLINE static inline __attribute__((always_inline))
+#define CAT_(a, b) a##_##b
+#define CAT(a, b) CAT_(a, b)
+/* the largest d2 with registers held per row */
+#define MAX_D2 15
+
+typedef struct {
+    int y_off, d2, x_off, d1, mul, paths, w_off, q_off;
+} group_t;
+
+int max_d2(void) { return MAX_D2; }
+
+#define T float
+#define SUFFIX f32
+#include __FILE__
+#undef T
+#undef SUFFIX
+#define T double
+#define SUFFIX f64
+#include __FILE__
+#undef T
+#undef SUFFIX
+
+#else /* the kernels for one type T */
+
+/* A tile of channels: a vector of 64 bytes in the forward pass, 32 in the backward pass (more
+ * rows live at once); GCC's vector extensions map them to whatever SIMD registers there are. */
+typedef T CAT(vforward, SUFFIX) __attribute__((vector_size(64), aligned(sizeof(T))));
+typedef T CAT(vbackward, SUFFIX) __attribute__((vector_size(32), aligned(sizeof(T))));
+#define VF CAT(vforward, SUFFIX)
+#define VB CAT(vbackward, SUFFIX)
+#define TF ((int)(sizeof(VF) / sizeof(T)))
+#define TB ((int)(sizeof(VB) / sizeof(T)))
+
+/* Forward, one group of receiver i: for every (p, m1) and tile of channels, the d2 rows of
+ * sums are accumulated in registers over the receiver's edges, then stored. */
+INLINE void CAT(forward_group, SUFFIX)(
+    const group_t g, const int D2, int64_t i, int64_t K, int64_t count, const int64_t *senders,
+    const T *Y, int64_t S, const T *R, int64_t W, const T *x, int64_t D, T *q)
+{
+    const int64_t row = (int64_t)g.paths * g.d1 * g.mul; /* between m2 rows of the sums */
+    for (int p = 0; p < g.paths; ++p) {
+        for (int m1 = 0; m1 < g.d1; ++m1) {
+            T *qpm = q + g.q_off + (int64_t)(p * g.d1 + m1) * g.mul;
+            const int64_t r_col = g.w_off + (int64_t)p * g.mul, x_col = g.x_off + (int64_t)m1 * g.mul;
+            int u0 = 0;
+            for (; u0 + TF <= g.mul; u0 += TF) {
+                VF acc[MAX_D2];
+                for (int m2 = 0; m2 < D2; ++m2) acc[m2] = (VF){0};
+                for (int64_t k = 0; k < count; ++k) {
+                    const int64_t e = i * K + k;
+                    const VF z = *(const VF *)(R + e * W + r_col + u0)
+                               * *(const VF *)(x + senders[e] * D + x_col + u0);
+                    const T *y = Y + e * S + g.y_off;
+                    for (int m2 = 0; m2 < D2; ++m2) acc[m2] += y[m2] * z;
+                }
+                for (int m2 = 0; m2 < D2; ++m2) *(VF *)(qpm + m2 * row + u0) = acc[m2];
+            }
+            for (; u0 < g.mul; ++u0) { /* channels left over when mul is no multiple of TF */
+                T acc[MAX_D2] = {0};
+                for (int64_t k = 0; k < count; ++k) {
+                    const int64_t e = i * K + k;
+                    const T z = R[e * W + r_col + u0] * x[senders[e] * D + x_col + u0];
+                    for (int m2 = 0; m2 < D2; ++m2) acc[m2] += Y[e * S + g.y_off + m2] * z;
+                }
+                for (int m2 = 0; m2 < D2; ++m2) qpm[m2 * row + u0] = acc[m2];
+            }
+        }
+    }
+}
+
+/* Backward, one group of edge e: with G the gradient of the receiver's sums,
+ *   dz[p, m1, u] = sum_m2 Y[m2] G[m2, p, m1, u]          (dL/dz, z = R x)
+ *   grad_Y[m2]  += sum_{p, m1, u} G[m2, p, m1, u] z[p, m1, u]
+ *   grad_R[p, u] += sum_m1 dz x[m1, u],   grad_x[m1, u] += sum_p dz R[p, u]. */
+INLINE void CAT(backward_group, SUFFIX)(
+    const group_t g, const int D2, const T *y, const T *r, const T *xs, const T *G,
+    T *gy, T *gr, T *gx)
+{
+    const int64_t row = (int64_t)g.paths * g.d1 * g.mul;
+    VB acc[MAX_D2];
+    T tail[MAX_D2];
+    for (int m2 = 0; m2 < D2; ++m2) { acc[m2] = (VB){0}; tail[m2] = 0; }
+    for (int p = 0; p < g.paths; ++p) {
+        const T *rp = r + g.w_off + (int64_t)p * g.mul;
+        T *grp = gr + g.w_off + (int64_t)p * g.mul;
+        for (int m1 = 0; m1 < g.d1; ++m1) {
+            const T *xm = xs + g.x_off + (int64_t)m1 * g.mul;
+            T *gxm = gx + g.x_off + (int64_t)m1 * g.mul;
+            const T *gpm = G + g.q_off + (int64_t)(p * g.d1 + m1) * g.mul;
+            int u0 = 0;
+            for (; u0 + TB <= g.mul; u0 += TB) {
+                const VB rv = *(const VB *)(rp + u0), xv = *(const VB *)(xm + u0), z = rv * xv;
+                VB dz = (VB){0};
+                for (int m2 = 0; m2 < D2; ++m2) {
+                    const VB gm = *(const VB *)(gpm + m2 * row + u0);
+                    dz += y[m2] * gm;
+                    acc[m2] += gm * z;
+                }
+                *(VB *)(grp + u0) += dz * xv;
+                *(VB *)(gxm + u0) += dz * rv;
+            }
+            for (; u0 < g.mul; ++u0) {
+                const T z = rp[u0] * xm[u0];
+                T dz = 0;
+                for (int m2 = 0; m2 < D2; ++m2) {
+                    dz += y[m2] * gpm[m2 * row + u0];
+                    tail[m2] += gpm[m2 * row + u0] * z;
+                }
+                grp[u0] += dz * xm[u0];
+                gxm[u0] += dz * rp[u0];
+            }
+        }
+    }
+    for (int m2 = 0; m2 < D2; ++m2) {
+        T sum = tail[m2];
+        for (int v = 0; v < TB; ++v) sum += acc[m2][v];
+        gy[m2] += sum;
+    }
+}
+
+/* Q[i] for receivers r0 .. r1-1 (overwritten). */
+void CAT(message_sums, SUFFIX)(
+    int64_t r0, int64_t r1, int64_t K, const int64_t *counts, const int64_t *senders,
+    const T *Y, int64_t S, const T *R, int64_t W, const T *x, int64_t D,
+    const group_t *groups, int64_t n_groups, T *Q, int64_t QD)
+{
+    for (int64_t i = r0; i < r1; ++i) {
+        T *q = Q + i * QD;
+        for (int64_t gi = 0; gi < n_groups; ++gi) {
+            const group_t g = groups[gi];
+#define FORWARD(D2) CAT(forward_group, SUFFIX)(g, D2, i, K, counts[i], senders, Y, S, R, W, x, D, q)
+            switch (g.d2) {
+                case 1: FORWARD(1); break;
+                case 3: FORWARD(3); break;
+                case 5: FORWARD(5); break;
+                case 7: FORWARD(7); break;
+                default: FORWARD(g.d2);
+            }
+#undef FORWARD
+        }
+    }
+}
+
+/* Given G = dL/dQ (n, QD): dL/dY (n*K, S), dL/dR (n*K, W) and the gradient of each slot's
+ * sender features (n*K, D), for receivers r0 .. r1-1 (overwritten; zero for empty slots). */
+void CAT(message_sums_backward, SUFFIX)(
+    int64_t r0, int64_t r1, int64_t K, const int64_t *counts, const int64_t *senders,
+    const T *Y, int64_t S, const T *R, int64_t W, const T *x, int64_t D,
+    const group_t *groups, int64_t n_groups, const T *G, int64_t QD,
+    T *grad_Y, T *grad_R, T *grad_x)
+{
+    for (int64_t i = r0; i < r1; ++i) {
+        memset(grad_Y + i * K * S, 0, sizeof(T) * K * S);
+        memset(grad_R + i * K * W, 0, sizeof(T) * K * W);
+        memset(grad_x + i * K * D, 0, sizeof(T) * K * D);
+        for (int64_t k = 0; k < counts[i]; ++k) {
+            const int64_t e = i * K + k;
+            for (int64_t gi = 0; gi < n_groups; ++gi) {
+                const group_t g = groups[gi];
+#define BACKWARD(D2) CAT(backward_group, SUFFIX)(g, D2, Y + e * S + g.y_off, R + e * W, \
+    x + senders[e] * D, G + i * QD, grad_Y + e * S + g.y_off, grad_R + e * W, grad_x + e * D)
+                switch (g.d2) {
+                    case 1: BACKWARD(1); break;
+                    case 3: BACKWARD(3); break;
+                    case 5: BACKWARD(5); break;
+                    case 7: BACKWARD(7); break;
+                    default: BACKWARD(g.d2);
+                }
+#undef BACKWARD
+            }
+        }
+    }
+}
+
+#undef VF
+#undef VB
+#undef TF
+#undef TB
+#endif

@@ -1,0 +1,153 @@
+"""The compiled CPU kernels of ``message_sums.c``: built on first use, loaded with ctypes.
+
+The convolution's message sums are many small products over each edge's features; in torch they
+are a dozen passes over per-edge arrays, in C one pass with everything in cache. The C file needs
+no Python or torch headers: it is compiled once per machine with the C compiler Python was built
+with (``$CC`` overrides it) into a cache folder (``$ASE_EQUIVARIANT_CACHE``, else
+``$XDG_CACHE_HOME/ase-equivariant``, else ``~/.cache/ase-equivariant``), which takes about a second.
+Where no compiler works, or with ``ASE_EQUIVARIANT_NATIVE=0``, :func:`kernels` returns ``None``
+and the convolution uses its pure-torch path, which computes the same numbers.
+"""
+import concurrent.futures
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shlex
+import subprocess
+import sysconfig
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+SOURCE = Path(__file__).with_name("message_sums.c")
+#: flags for the build; the first set is tried first, the second where the compiler rejects it
+FLAGS = (["-O3", "-march=native", "-ffp-contract=fast"], ["-O3"])
+
+
+def _cache_dir() -> Path:
+    if os.environ.get("ASE_EQUIVARIANT_CACHE"):
+        return Path(os.environ["ASE_EQUIVARIANT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "ase-equivariant"
+
+
+def _compiler():
+    return shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
+
+
+def _machine_id() -> str:
+    """What a ``-march=native`` build depends on: the processor's name and features."""
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = "".join(line for line in f if line.startswith(("model name", "flags")))[:4096]
+    except OSError:
+        pass
+    return f"{platform.system()} {platform.machine()} {cpu}"
+
+
+def _build(target: Path):
+    """Compile :data:`SOURCE` into the shared library ``target`` (atomically: built in a temporary
+    file of the same folder, then renamed). Raises ``RuntimeError`` with the compiler's message."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for flags in FLAGS:
+        with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as tmp:
+            partial = Path(tmp.name)
+        command = _compiler() + flags + ["-std=gnu99", "-fPIC", "-shared", str(SOURCE), "-o", str(partial)]
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.SubprocessError) as error:
+            result = None
+            errors.append(f"{shlex.join(command)}: {error}")
+        if result is not None and result.returncode == 0:
+            os.replace(partial, target)
+            return
+        if result is not None:
+            errors.append(f"{shlex.join(command)}: {result.stderr.strip()[-2000:]}")
+        partial.unlink(missing_ok=True)
+    raise RuntimeError("could not compile the message-sum kernels:\n" + "\n".join(errors))
+
+
+class Kernels:
+    """The loaded library: :meth:`forward` and :meth:`backward` for float32 and float64 arrays,
+    split over torch's number of threads (ctypes releases the GIL during each call)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        library = ctypes.CDLL(str(path))
+        self.max_d2 = library.max_d2()
+        self._functions = {
+            torch.float32: (library.message_sums_f32, library.message_sums_backward_f32),
+            torch.float64: (library.message_sums_f64, library.message_sums_backward_f64),
+        }
+        for pair in self._functions.values():
+            for function in pair:
+                function.restype = None
+        self._pool = None
+
+    def _split(self, function, n: int, work: int, *args):
+        """Call ``function(r0, r1, *args)`` on receiver ranges covering ``0 .. n-1``, in parallel
+        when there is enough ``work`` (multiply-adds) to share."""
+        threads = min(torch.get_num_threads(), n, max(1, work // 200_000))
+        if threads <= 1:
+            function(ctypes.c_int64(0), ctypes.c_int64(n), *args)
+            return
+        if self._pool is None or self._pool._max_workers < threads:
+            self._pool = concurrent.futures.ThreadPoolExecutor(threads)
+        bounds = [n * t // threads for t in range(threads + 1)]
+        futures = [self._pool.submit(function, ctypes.c_int64(a), ctypes.c_int64(b), *args)
+                   for a, b in zip(bounds[1:-1], bounds[2:])]
+        function(ctypes.c_int64(bounds[0]), ctypes.c_int64(bounds[1]), *args)
+        for future in futures:
+            future.result()
+
+    def forward(self, counts, senders, sh, weights, x, groups, out, work: int):
+        """``out (n, QD)`` ← the message sums of a block (see ``message_sums.c``); ``sh (n, K, S)``,
+        ``weights (n, K, W)``, ``x (N, D)``, ``counts (n,)`` and ``senders (n*K,)`` int64,
+        ``groups (G, 8)`` int32; all contiguous CPU tensors of one float dtype."""
+        n, k, s = sh.shape
+        self._split(self._functions[x.dtype][0], n, work, _i64(k), _ptr(counts), _ptr(senders),
+                    _ptr(sh), _i64(s), _ptr(weights), _i64(weights.shape[2]), _ptr(x), _i64(x.shape[1]),
+                    _ptr(groups), _i64(groups.shape[0]), _ptr(out), _i64(out.shape[1]))
+
+    def backward(self, counts, senders, sh, weights, x, groups, grad_out, grad_sh, grad_weights, grad_x, work: int):
+        """The gradients of a block's message sums with respect to ``sh``, ``weights`` and each
+        slot's sender features, given ``grad_out (n, QD)``: written into ``grad_sh (n, K, S)``,
+        ``grad_weights (n, K, W)`` and ``grad_x (n, K, D)`` (zero for empty slots)."""
+        n, k, s = sh.shape
+        self._split(self._functions[x.dtype][1], n, work, _i64(k), _ptr(counts), _ptr(senders),
+                    _ptr(sh), _i64(s), _ptr(weights), _i64(weights.shape[2]), _ptr(x), _i64(x.shape[1]),
+                    _ptr(groups), _i64(groups.shape[0]), _ptr(grad_out), _i64(grad_out.shape[1]),
+                    _ptr(grad_sh), _ptr(grad_weights), _ptr(grad_x))
+
+
+def _ptr(t: torch.Tensor):
+    return ctypes.c_void_p(t.data_ptr())
+
+
+def _i64(v: int):
+    return ctypes.c_int64(v)
+
+
+@functools.lru_cache(maxsize=None)
+def kernels() -> Optional[Kernels]:
+    """The compiled kernels, built on first use; ``None`` if disabled (``ASE_EQUIVARIANT_NATIVE=0``)
+    or if they cannot be built here (a warning says why, once)."""
+    if os.environ.get("ASE_EQUIVARIANT_NATIVE", "1") == "0":
+        return None
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(source + "\0".join(map(str, (_compiler(), FLAGS, _machine_id()))).encode()).hexdigest()
+    target = _cache_dir() / f"message_sums-{key[:16]}.so"
+    try:
+        if not target.exists():
+            _build(target)
+        return Kernels(target)
+    except (OSError, RuntimeError) as error:
+        warnings.warn(f"ase_equivariant: using the slower pure-torch convolution ({error})", RuntimeWarning)
+        return None
