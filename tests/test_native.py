@@ -106,3 +106,17 @@ def test_kernels_can_be_switched_off(monkeypatch):
             assert native.kernels() is None
     finally:
         native.kernels.cache_clear()
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_radial_weights_formed_again_in_the_backward_pass_give_the_same_results(compiled, monkeypatch):
+    """Above KEPT_WEIGHTS_BYTES the radial weights are not kept but formed again: same numbers."""
+    from ase_equivariant.nn import convolution
+    model = random_model(species=(8, 13, 29), channels=16, num_blocks=3, seed=2)
+    model.edge_block = 64
+    use_compiled(model, compiled)
+    atoms = structure()
+    reference = results(model, atoms)
+    monkeypatch.setattr(convolution, "KEPT_WEIGHTS_BYTES", 0)
+    for got, want in zip(results(model, atoms), reference):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-13)

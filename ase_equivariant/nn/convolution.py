@@ -15,6 +15,12 @@ from . import native
 from .mlp import RadialMLP
 
 
+#: radial weights of one convolution call up to this size are kept from the forward pass for the
+#: backward pass; larger ones are formed again, block by block, so memory does not grow with the
+#: number of edges times the layers
+KEPT_WEIGHTS_BYTES = 64 * 2**20
+
+
 class EdgeInputs(NamedTuple):
     """The per-call edge data shared by every convolution: the :class:`~.edge_table.EdgeBlock` s
     and, per block, its ``(n, slots, irreps_sh.dim)`` spherical harmonics and ``(n, slots,
@@ -70,6 +76,12 @@ class _ShBlock(NamedTuple):
     groups: List[_Group]
 
 
+def _new(like: torch.Tensor, name: str, *shape: int) -> torch.Tensor:
+    """Uninitialised ``shape`` space of ``like``'s dtype and device of its own (``name`` unused:
+    the signature of :func:`_work`)."""
+    return like.new_empty(shape)
+
+
 def _work(like: torch.Tensor, name: str, *shape: int) -> torch.Tensor:
     """Uninitialised ``shape`` scratch space of ``like``'s dtype and device, reused by every block
     of every convolution call (see :func:`~ase_equivariant.scratch.scratch`); asking for ``name``
@@ -106,10 +118,17 @@ class _MessageSums(torch.autograd.Function):
         output_matrix = conv.radial.output_matrix(conv._weight_columns)
         work = functools.partial(_work, x)
         compiled = conv._compiled_kernels(x)
+        # the radial weights are kept for the backward pass if they fit in KEPT_WEIGHTS_BYTES
+        slots = sum(block.n * block.slots for block in blocks)
+        keep = slots * output_matrix.shape[1] * x.element_size() <= KEPT_WEIGHTS_BYTES
+        kept = []
         for block, sh_block, embedding in zip(blocks, tables[0::2], tables[1::2]):
             if block.slots == 0:
+                kept.append(None)
                 continue
-            weights = _radial_weights(conv.radial.hidden(embedding), output_matrix, work)
+            weights = _radial_weights(conv.radial.hidden(embedding), output_matrix,
+                                      functools.partial(_new, x) if keep else work)
+            kept.append(weights if keep else None)
             sums = work("sums", block.n, conv._sums_width)
             if compiled is not None:
                 compiled.forward(block.counts, block.senders, sh_block, weights, x, conv._group_table, sums,
@@ -120,7 +139,7 @@ class _MessageSums(torch.autograd.Function):
                     y = sh_block[:, :, y_offset:y_offset + d2].transpose(1, 2)
                     q.copy_(torch.bmm(y, _weighted_inputs(g, weights, x_block, work)))
             out[block.r0:block.r0 + block.n] = conv._couple(sums)
-        ctx.conv, ctx.blocks = conv, blocks
+        ctx.conv, ctx.blocks, ctx.kept_weights = conv, blocks, kept if keep else None
         ctx.save_for_backward(x, *tables)
         return out
 
@@ -136,11 +155,12 @@ class _MessageSums(torch.autograd.Function):
             output_matrix = conv.radial.output_matrix(conv._weight_columns)
         grad_output_matrix = torch.zeros_like(output_matrix) if need_weights[-1] else None
         grad_hidden = [torch.zeros_like(w) for w in hidden_weights]
-        grad_x = torch.zeros_like(x)
+        compiled = conv._compiled_kernels(x)
+        # the compiled kernels add the gradient of x into an array per thread
+        grad_x = x.new_zeros(compiled.threads(), *x.shape) if compiled is not None else torch.zeros_like(x)
         # embedding gradients come whole from the MLP
         grad_tables = [torch.empty_like(t) if i % 2 == 0 else None for i, t in enumerate(tables)]
         work = functools.partial(_work, x)
-        compiled = conv._compiled_kernels(x)
         for b_index, (block, sh_block, embedding) in enumerate(zip(blocks, tables[0::2], tables[1::2])):
             if block.slots == 0:
                 grad_tables[2 * b_index].zero_()
@@ -151,17 +171,20 @@ class _MessageSums(torch.autograd.Function):
             embedding = embedding.detach().requires_grad_(need_embedding)
             with torch.set_grad_enabled(need_embedding or bool(hidden_weights)):
                 hidden = conv.radial.hidden(embedding)
-            weights = _radial_weights(hidden.detach(), output_matrix.detach(), work)
+            if ctx.kept_weights is not None:
+                weights = ctx.kept_weights[b_index]
+            else:
+                weights = _radial_weights(hidden.detach(), output_matrix.detach(), work)
             gw_block = work("grad_weights", *weights.shape)  # every column is written
-            gx_block = work("grad_x", n, k, x.shape[1])
             grad_sums = conv._couple_transposed(grad_out[block.r0:block.r0 + n])
             if compiled is not None:
                 compiled.backward(block.counts, block.senders, sh_block, weights, x, conv._group_table, grad_sums,
-                                  grad_tables[2 * b_index], gw_block, gx_block, work=3 * n * k * conv._sums_width)
+                                  grad_tables[2 * b_index], gw_block, grad_x, work=3 * n * k * conv._sums_width)
             else:
+                gx_block = work("grad_x", n, k, x.shape[1])
                 _message_sums_backward(conv, block, sh_block, weights, x, grad_sums,
                                        grad_tables[2 * b_index], gw_block, gx_block, work)
-            grad_x.index_add_(0, block.senders, gx_block.view(n * k, -1))
+                grad_x.index_add_(0, block.senders, gx_block.view(n * k, -1))
             gw_rows = gw_block.view(n * k, -1)
             if grad_output_matrix is not None:
                 grad_output_matrix.addmm_(hidden.detach().view(n * k, -1).t(), gw_rows)
@@ -173,6 +196,8 @@ class _MessageSums(torch.autograd.Function):
                     grad_tables[2 * b_index + 1] = grads.pop(0)
                 for total, grad in zip(grad_hidden, grads):
                     total += grad
+        if compiled is not None:
+            grad_x = grad_x.sum(0)
         grad_hidden = iter(grad_hidden)
         grad_weights = [next(grad_hidden) if need else None for need in need_weights[:-1]]
         grad_weights.append(None if grad_output_matrix is None else
@@ -363,7 +388,7 @@ class TensorProductConv(nn.Module):
         if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or not self.use_compiled:
             return None
         compiled = native.kernels()
-        if compiled is None or max(d2 for _, d2, _ in self._groups()) > compiled.max_d2:
+        if compiled is None or max(max(d2, g.d1) for _, d2, g in self._groups()) > compiled.max_dim:
             return None
         return compiled
 

@@ -29,14 +29,14 @@
 #define INLINE static inline __attribute__((always_inline))
 #define CAT_(a, b) a##_##b
 #define CAT(a, b) CAT_(a, b)
-/* the largest d2 with registers held per row */
+/* the largest d1 and d2 (2l+1 of an input block and of the spherical harmonics): l <= 7 */
 #define MAX_D2 15
 
 typedef struct {
     int y_off, d2, x_off, d1, mul, paths, w_off, q_off;
 } group_t;
 
-int max_d2(void) { return MAX_D2; }
+int max_dim(void) { return MAX_D2; }
 
 #define T float
 #define SUFFIX f32
@@ -100,44 +100,60 @@ INLINE void CAT(forward_group, SUFFIX)(
 /* Backward, one group of edge e: with G the gradient of the receiver's sums,
  *   dz[p, m1, u] = sum_m2 Y[m2] G[m2, p, m1, u]          (dL/dz, z = R x)
  *   grad_Y[m2]  += sum_{p, m1, u} G[m2, p, m1, u] z[p, m1, u]
- *   grad_R[p, u] += sum_m1 dz x[m1, u],   grad_x[m1, u] += sum_p dz R[p, u]. */
+ *   grad_R[p, u]  = sum_m1 dz x[m1, u]    (each column of R belongs to one group)
+ *   grad_x[m1, u] += sum_p dz R[p, u]     (groups share input blocks).
+ * Per tile of channels, the d1 rows of x and of grad_x and the d2 accumulators of grad_Y stay
+ * in registers (D1 and D2 compile-time constants where the caller can make them so). */
 INLINE void CAT(backward_group, SUFFIX)(
-    const group_t g, const int D2, const T *y, const T *r, const T *xs, const T *G,
+    const group_t g, const int D2, const int D1, const T *y, const T *r, const T *xs, const T *G,
     T *gy, T *gr, T *gx)
 {
     const int64_t row = (int64_t)g.paths * g.d1 * g.mul;
     VB acc[MAX_D2];
     T tail[MAX_D2];
     for (int m2 = 0; m2 < D2; ++m2) { acc[m2] = (VB){0}; tail[m2] = 0; }
-    for (int p = 0; p < g.paths; ++p) {
-        const T *rp = r + g.w_off + (int64_t)p * g.mul;
-        T *grp = gr + g.w_off + (int64_t)p * g.mul;
-        for (int m1 = 0; m1 < g.d1; ++m1) {
-            const T *xm = xs + g.x_off + (int64_t)m1 * g.mul;
-            T *gxm = gx + g.x_off + (int64_t)m1 * g.mul;
-            const T *gpm = G + g.q_off + (int64_t)(p * g.d1 + m1) * g.mul;
-            int u0 = 0;
-            for (; u0 + TB <= g.mul; u0 += TB) {
-                const VB rv = *(const VB *)(rp + u0), xv = *(const VB *)(xm + u0), z = rv * xv;
+    int u0 = 0;
+    for (; u0 + TB <= g.mul; u0 += TB) {
+        VB xv[MAX_D2], gxv[MAX_D2];
+        for (int m1 = 0; m1 < D1; ++m1) {
+            xv[m1] = *(const VB *)(xs + g.x_off + (int64_t)m1 * g.mul + u0);
+            gxv[m1] = (VB){0};
+        }
+        for (int p = 0; p < g.paths; ++p) {
+            const VB rv = *(const VB *)(r + g.w_off + (int64_t)p * g.mul + u0);
+            VB grv = (VB){0};
+            for (int m1 = 0; m1 < D1; ++m1) {
+                const T *gpm = G + g.q_off + (int64_t)(p * D1 + m1) * g.mul + u0;
+                const VB z = rv * xv[m1];
                 VB dz = (VB){0};
                 for (int m2 = 0; m2 < D2; ++m2) {
-                    const VB gm = *(const VB *)(gpm + m2 * row + u0);
+                    const VB gm = *(const VB *)(gpm + m2 * row);
                     dz += y[m2] * gm;
                     acc[m2] += gm * z;
                 }
-                *(VB *)(grp + u0) += dz * xv;
-                *(VB *)(gxm + u0) += dz * rv;
+                grv += dz * xv[m1];
+                gxv[m1] += dz * rv;
             }
-            for (; u0 < g.mul; ++u0) {
-                const T z = rp[u0] * xm[u0];
+            *(VB *)(gr + g.w_off + (int64_t)p * g.mul + u0) = grv;
+        }
+        for (int m1 = 0; m1 < D1; ++m1) *(VB *)(gx + g.x_off + (int64_t)m1 * g.mul + u0) += gxv[m1];
+    }
+    for (; u0 < g.mul; ++u0) { /* channels left over when mul is no multiple of TB */
+        for (int p = 0; p < g.paths; ++p) {
+            const T rp = r[g.w_off + (int64_t)p * g.mul + u0];
+            T grp = 0;
+            for (int m1 = 0; m1 < D1; ++m1) {
+                const T xm = xs[g.x_off + (int64_t)m1 * g.mul + u0];
+                const T *gpm = G + g.q_off + (int64_t)(p * D1 + m1) * g.mul + u0;
                 T dz = 0;
                 for (int m2 = 0; m2 < D2; ++m2) {
-                    dz += y[m2] * gpm[m2 * row + u0];
-                    tail[m2] += gpm[m2 * row + u0] * z;
+                    dz += y[m2] * gpm[m2 * row];
+                    tail[m2] += gpm[m2 * row] * rp * xm;
                 }
-                grp[u0] += dz * xm[u0];
-                gxm[u0] += dz * rp[u0];
+                grp += dz * xm;
+                gx[g.x_off + (int64_t)m1 * g.mul + u0] += dz * rp;
             }
+            gr[g.w_off + (int64_t)p * g.mul + u0] = grp;
         }
     }
     for (int m2 = 0; m2 < D2; ++m2) {
@@ -170,8 +186,9 @@ void CAT(message_sums, SUFFIX)(
     }
 }
 
-/* Given G = dL/dQ (n, QD): dL/dY (n*K, S), dL/dR (n*K, W) and the gradient of each slot's
- * sender features (n*K, D), for receivers r0 .. r1-1 (overwritten; zero for empty slots). */
+/* Given G = dL/dQ (n, QD), for receivers r0 .. r1-1: dL/dY (n*K, S) and dL/dR (n*K, W)
+ * (overwritten; zero for empty slots), and dL/dx added to grad_x (N, D), the rows of the senders
+ * (so threads need grad_x arrays of their own). */
 void CAT(message_sums_backward, SUFFIX)(
     int64_t r0, int64_t r1, int64_t K, const int64_t *counts, const int64_t *senders,
     const T *Y, int64_t S, const T *R, int64_t W, const T *x, int64_t D,
@@ -180,21 +197,28 @@ void CAT(message_sums_backward, SUFFIX)(
 {
     for (int64_t i = r0; i < r1; ++i) {
         memset(grad_Y + i * K * S, 0, sizeof(T) * K * S);
+        /* columns of R of no group, and empty slots, get zero */
         memset(grad_R + i * K * W, 0, sizeof(T) * K * W);
-        memset(grad_x + i * K * D, 0, sizeof(T) * K * D);
         for (int64_t k = 0; k < counts[i]; ++k) {
             const int64_t e = i * K + k;
             for (int64_t gi = 0; gi < n_groups; ++gi) {
                 const group_t g = groups[gi];
-#define BACKWARD(D2) CAT(backward_group, SUFFIX)(g, D2, Y + e * S + g.y_off, R + e * W, \
-    x + senders[e] * D, G + i * QD, grad_Y + e * S + g.y_off, grad_R + e * W, grad_x + e * D)
+#define BACKWARD(D2, D1) CAT(backward_group, SUFFIX)(g, D2, D1, Y + e * S + g.y_off, R + e * W, \
+    x + senders[e] * D, G + i * QD, grad_Y + e * S + g.y_off, grad_R + e * W, grad_x + senders[e] * D)
+#define BACKWARD_D1(D2) switch (g.d1) { \
+                    case 1: BACKWARD(D2, 1); break; \
+                    case 3: BACKWARD(D2, 3); break; \
+                    case 5: BACKWARD(D2, 5); break; \
+                    case 7: BACKWARD(D2, 7); break; \
+                    default: BACKWARD(D2, g.d1); }
                 switch (g.d2) {
-                    case 1: BACKWARD(1); break;
-                    case 3: BACKWARD(3); break;
-                    case 5: BACKWARD(5); break;
-                    case 7: BACKWARD(7); break;
-                    default: BACKWARD(g.d2);
+                    case 1: BACKWARD_D1(1); break;
+                    case 3: BACKWARD_D1(3); break;
+                    case 5: BACKWARD_D1(5); break;
+                    case 7: BACKWARD_D1(7); break;
+                    default: BACKWARD(g.d2, g.d1);
                 }
+#undef BACKWARD_D1
 #undef BACKWARD
             }
         }

@@ -81,7 +81,7 @@ class Kernels:
     def __init__(self, path: Path):
         self.path = path
         library = ctypes.CDLL(str(path))
-        self.max_d2 = library.max_d2()
+        self.max_dim = library.max_dim()
         self._functions = {
             torch.float32: (library.message_sums_f32, library.message_sums_backward_f32),
             torch.float64: (library.message_sums_f64, library.message_sums_backward_f64),
@@ -91,19 +91,23 @@ class Kernels:
                 function.restype = None
         self._pool = None
 
-    def _split(self, function, n: int, work: int, *args):
-        """Call ``function(r0, r1, *args)`` on receiver ranges covering ``0 .. n-1``, in parallel
-        when there is enough ``work`` (multiply-adds) to share."""
-        threads = min(torch.get_num_threads(), n, max(1, work // 200_000))
-        if threads <= 1:
-            function(ctypes.c_int64(0), ctypes.c_int64(n), *args)
-            return
-        if self._pool is None or self._pool._max_workers < threads:
-            self._pool = concurrent.futures.ThreadPoolExecutor(threads)
+    def _ranges(self, n: int, work: int):
+        """Receiver ranges covering ``0 .. n-1``, one per thread: as many as torch's thread count
+        allows and there is ``work`` (multiply-adds) to share."""
+        threads = max(1, min(torch.get_num_threads(), n, work // 200_000))
         bounds = [n * t // threads for t in range(threads + 1)]
-        futures = [self._pool.submit(function, ctypes.c_int64(a), ctypes.c_int64(b), *args)
-                   for a, b in zip(bounds[1:-1], bounds[2:])]
-        function(ctypes.c_int64(bounds[0]), ctypes.c_int64(bounds[1]), *args)
+        return list(zip(bounds[:-1], bounds[1:]))
+
+    def _run(self, function, ranges, args, per_range=None):
+        """``function(r0, r1, *args, *per_range[t])`` for every range ``t``, in parallel."""
+        calls = [(_i64(r0), _i64(r1), *args, *(per_range[t] if per_range else ())) for t, (r0, r1) in enumerate(ranges)]
+        if len(calls) == 1:
+            function(*calls[0])
+            return
+        if self._pool is None or self._pool._max_workers < len(calls) - 1:
+            self._pool = concurrent.futures.ThreadPoolExecutor(len(calls) - 1)
+        futures = [self._pool.submit(function, *call) for call in calls[1:]]
+        function(*calls[0])
         for future in futures:
             future.result()
 
@@ -112,19 +116,27 @@ class Kernels:
         ``weights (n, K, W)``, ``x (N, D)``, ``counts (n,)`` and ``senders (n*K,)`` int64,
         ``groups (G, 8)`` int32; all contiguous CPU tensors of one float dtype."""
         n, k, s = sh.shape
-        self._split(self._functions[x.dtype][0], n, work, _i64(k), _ptr(counts), _ptr(senders),
-                    _ptr(sh), _i64(s), _ptr(weights), _i64(weights.shape[2]), _ptr(x), _i64(x.shape[1]),
-                    _ptr(groups), _i64(groups.shape[0]), _ptr(out), _i64(out.shape[1]))
+        args = (_i64(k), _ptr(counts), _ptr(senders), _ptr(sh), _i64(s), _ptr(weights), _i64(weights.shape[2]),
+                _ptr(x), _i64(x.shape[1]), _ptr(groups), _i64(groups.shape[0]), _ptr(out), _i64(out.shape[1]))
+        self._run(self._functions[x.dtype][0], self._ranges(n, work), args)
 
     def backward(self, counts, senders, sh, weights, x, groups, grad_out, grad_sh, grad_weights, grad_x, work: int):
-        """The gradients of a block's message sums with respect to ``sh``, ``weights`` and each
-        slot's sender features, given ``grad_out (n, QD)``: written into ``grad_sh (n, K, S)``,
-        ``grad_weights (n, K, W)`` and ``grad_x (n, K, D)`` (zero for empty slots)."""
+        """The gradients of a block's message sums, given ``grad_out (n, QD)``: with respect to
+        ``sh`` and ``weights``, written into ``grad_sh (n, K, S)`` and ``grad_weights (n, K, W)``,
+        and with respect to ``x``, added to ``grad_x`` ``(T, N, D)``, one array for each thread
+        that may run (``T`` = :meth:`threads`), to be summed by the caller."""
         n, k, s = sh.shape
-        self._split(self._functions[x.dtype][1], n, work, _i64(k), _ptr(counts), _ptr(senders),
-                    _ptr(sh), _i64(s), _ptr(weights), _i64(weights.shape[2]), _ptr(x), _i64(x.shape[1]),
-                    _ptr(groups), _i64(groups.shape[0]), _ptr(grad_out), _i64(grad_out.shape[1]),
-                    _ptr(grad_sh), _ptr(grad_weights), _ptr(grad_x))
+        args = (_i64(k), _ptr(counts), _ptr(senders), _ptr(sh), _i64(s), _ptr(weights), _i64(weights.shape[2]),
+                _ptr(x), _i64(x.shape[1]), _ptr(groups), _i64(groups.shape[0]), _ptr(grad_out),
+                _i64(grad_out.shape[1]), _ptr(grad_sh), _ptr(grad_weights))
+        ranges = self._ranges(n, work)
+        assert len(ranges) <= grad_x.shape[0]
+        self._run(self._functions[x.dtype][1], ranges, args, [(_ptr(grad_x[t]),) for t in range(len(ranges))])
+
+    @staticmethod
+    def threads() -> int:
+        """The most threads a call may use."""
+        return torch.get_num_threads()
 
 
 def _ptr(t: torch.Tensor):
