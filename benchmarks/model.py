@@ -3,8 +3,9 @@
 Same weights, same structures, same process; the two calculators are called alternately after a
 warm-up, each call an energy + forces + stress evaluation of a fresh geometry (the neighbour list
 is rebuilt every call: ``skin=0``). Reports ms per call (minimum and median), ms per atom, the
-speed-up, the matrix-multiply FLOPs of one of our calls (torch's FLOP formulas) and the GFLOP/s
-they run at, beside the sgemm/dgemm rate of this machine measured in the same run, and memory:
+speed-up, the FLOPs of one of our calls (the matrix products by torch's FLOP formulas, plus on
+the CPU the multiply-adds of the compiled message-sum kernels, counted by formula) and the
+GFLOP/s they run at, beside the sgemm/dgemm rate of this machine measured in the same run, and memory:
 the process's resident high-water mark after the structure (CPU; it includes the reference
 calculator's peaks) or the peak CUDA memory of our call (GPU). The reference always runs in
 float32 (``--dtype float64`` sets our precision only).
@@ -27,6 +28,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from ase_equivariant import EquivariantCalculator
+from ase_equivariant.neighbors import cell_list
+from ase_equivariant.nn.convolution import TensorProductConv
 
 
 def structures(sizes=None):
@@ -78,6 +81,21 @@ class MatmulFlops(TorchDispatchMode):
         if count is not None:
             self.total += count(*args, **kwargs, out_val=out)
         return out
+
+
+def kernel_flops(model, atoms):
+    """FLOPs of the compiled message-sum kernels (``nn/message_sums.c``) in one energy + forces
+    call: per edge and group of paths, ``paths * d1 * mul`` products ``z = R x``, then ``d2``
+    multiply-adds per product forward, and ``2 d2 + 2`` backward (dz, grad_Y, grad_R, grad_x)."""
+    edge_index, _ = cell_list(torch.tensor(atoms.positions), torch.tensor(atoms.cell.array),
+                              torch.tensor(atoms.pbc), model.cutoff)
+    per_edge = 0
+    for conv in model.modules():
+        if isinstance(conv, TensorProductConv) and conv._compiled_kernels(torch.zeros(0)) is not None:
+            for _, d2, g in conv._groups():
+                products = g.paths * g.d1 * g.mul
+                per_edge += products * (1 + 2 * d2) + products * (1 + 2 * (2 * d2 + 2))
+    return per_edge * edge_index.shape[1]
 
 
 def sync(device):
@@ -159,7 +177,7 @@ def main():
             peak = rss_mib()
         with MatmulFlops() as counter:
             evaluate(ours, atoms, args.device)
-        flops = counter.total
+        flops = counter.total + (kernel_flops(ours.model, atoms) if torch.device(args.device).type == "cpu" else 0)
         best = min(times["ours"])
         line = (f"{name:>8} {len(atoms):>6} {1e3 * best:>11.1f} {1e3 * statistics.median(times['ours']):>8.1f} "
                 f"{1e3 * best / len(atoms):>8.3f} {flops / 1e9:>7.2f} {flops / best / 1e9:>8.1f} "

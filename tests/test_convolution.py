@@ -8,7 +8,7 @@ from ase.build import bulk
 from ase_equivariant import EquivariantCalculator
 from ase_equivariant.models import random_model
 from ase_equivariant.neighbors import cell_list
-from ase_equivariant.nn.edge_table import edge_blocks, receiver_blocks
+from ase_equivariant.nn.edge_table import edge_blocks, edge_pairs, receiver_blocks
 
 
 def test_receiver_blocks_cover_every_edge_once_with_whole_receivers():
@@ -29,7 +29,7 @@ def test_edge_blocks_put_every_edge_in_one_slot_of_its_receiver():
     edge_index = torch.stack([receivers, senders])
     e = len(receivers)
     for block_size in [100, 3, 2, 1]:
-        blocks = edge_blocks(edge_index, 7, block_size)
+        blocks = edge_blocks(edge_index, 7, block_size, torch.arange(e))
         assert [block.r0 for block in blocks] == [0] + [b.r0 + b.n for b in blocks[:-1]]
         assert blocks[-1].r0 + blocks[-1].n == 7
         seen = []
@@ -42,7 +42,28 @@ def test_edge_blocks_put_every_edge_in_one_slot_of_its_receiver():
             filled = block.edges < e
             assert bool((block.senders[filled] == senders[block.edges[filled]]).all())
             assert bool((block.senders[~filled] == 0).all())
+            assert bool((block.pairs[filled] == block.edges[filled]).all())
         assert sorted(seen) == list(range(e))
+
+
+@pytest.mark.parametrize("pbc", [True, False])
+def test_edge_pairs_join_each_edge_with_its_reverse(pbc):
+    """Pairs are exactly {i -> j with shift S, j -> i with -S}, self-images of a small cell included."""
+    atoms = bulk("Cu", "fcc", a=3.6) * (2, 1, 1)  # 2 atoms, cutoff above the cell size
+    atoms.rattle(0.1, seed=1)
+    atoms.pbc = pbc
+    edge_index, shifts = cell_list(torch.tensor(atoms.positions), torch.tensor(atoms.cell.array),
+                                   torch.tensor(atoms.pbc), 5.0)
+    pair, first = edge_pairs(edge_index, shifts)
+    edges = [(int(i), int(j), tuple(s.tolist())) for (i, j), s in zip(edge_index.t(), shifts)]
+    index = {edge: e for e, edge in enumerate(edges)}
+    assert len(first) == len(edges) // 2 and sorted(pair.tolist()) == sorted(list(range(len(first))) * 2)
+    for e, (i, j, s) in enumerate(edges):
+        reverse = index[(j, i, tuple(-c for c in s))]
+        assert reverse != e and pair[reverse] == pair[e]
+    assert bool((pair[first] == torch.arange(len(first))).all())
+    lone = edge_pairs(edge_index[:, :1], shifts[:1])  # an edge without its reverse: a pair of its own
+    assert lone[0].tolist() == [0] and lone[1].tolist() == [0]
 
 
 def crystal():

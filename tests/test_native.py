@@ -31,6 +31,15 @@ def structure():
     return atoms + Atoms("O", positions=[[1.0, 1.0, 14.0]])
 
 
+@pytest.fixture
+def two_threads():
+    """Blocks split between two threads (the kernels' parallel path), whatever the machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
 def results(model, atoms):
     atoms.calc = EquivariantCalculator(model, skin=0.0)
     return atoms.get_potential_energies(), atoms.get_forces(), atoms.get_stress(), atoms.get_stresses()
@@ -43,7 +52,7 @@ def results(model, atoms):
     (20, 3, True, 2048),   # whole vectors and a remainder; d2 = 7 (l = 3); odd and even irreps
     (32, 1, False, 40),    # several blocks per convolution
 ])
-def test_compiled_kernels_equal_the_torch_path(dtype, channels, lmax, parity, block):
+def test_compiled_kernels_equal_the_torch_path(dtype, channels, lmax, parity, block, two_threads):
     model = random_model(species=(8, 13, 29), channels=channels, lmax=lmax, num_blocks=3, parity=parity,
                          seed=11, dtype=dtype)
     model.edge_block = block

@@ -15,20 +15,22 @@ from . import native
 from .mlp import RadialMLP
 
 
-#: radial weights of one convolution call up to this size are kept from the forward pass for the
-#: backward pass; larger ones are formed again, block by block, so memory does not grow with the
-#: number of edges times the layers
+#: radial weights of one convolution call up to this size (one row per pair of reverse edges)
+#: are formed once and kept for the backward pass; larger ones are formed per block of edges,
+#: one row per edge, in both passes, so memory does not grow with the number of edges times the
+#: layers
 KEPT_WEIGHTS_BYTES = 64 * 2**20
 
 
 class EdgeInputs(NamedTuple):
-    """The per-call edge data shared by every convolution: the :class:`~.edge_table.EdgeBlock` s
-    and, per block, its ``(n, slots, irreps_sh.dim)`` spherical harmonics and ``(n, slots,
-    num_basis)`` radial embedding of the edge in each slot, alternating in ``tables`` (zero rows
-    for empty slots)."""
+    """The per-call edge data shared by every convolution: the :class:`~.edge_table.EdgeBlock` s,
+    per block the ``(n, slots, irreps_sh.dim)`` spherical harmonics of the edge in each slot
+    (zero rows for empty slots), and the ``(P, num_basis)`` radial embedding of every pair of
+    reverse edges (the two edges of a pair have the same length)."""
 
     blocks: List[EdgeBlock]
-    tables: List[torch.Tensor]
+    sh: List[torch.Tensor]
+    embedding: torch.Tensor
 
 
 def convolution_paths(irreps_in: Irreps, irreps_sh: Irreps, lmax_out: int, even_only: bool):
@@ -76,12 +78,6 @@ class _ShBlock(NamedTuple):
     groups: List[_Group]
 
 
-def _new(like: torch.Tensor, name: str, *shape: int) -> torch.Tensor:
-    """Uninitialised ``shape`` space of ``like``'s dtype and device of its own (``name`` unused:
-    the signature of :func:`_work`)."""
-    return like.new_empty(shape)
-
-
 def _work(like: torch.Tensor, name: str, *shape: int) -> torch.Tensor:
     """Uninitialised ``shape`` scratch space of ``like``'s dtype and device, reused by every block
     of every convolution call (see :func:`~ase_equivariant.scratch.scratch`); asking for ``name``
@@ -92,117 +88,125 @@ def _work(like: torch.Tensor, name: str, *shape: int) -> torch.Tensor:
 class _MessageSums(torch.autograd.Function):
     r"""The messages received by every atom, summed over its edges (before the normalisation).
 
-    Block by block of edges: the radial weights ``R`` of the block's edges (the radial MLP applied
-    to their embedding), then for every group ``g`` (an input block with a spherical-harmonic
-    block) and path ``p`` of it the sums over each receiver's edges
+    For every group ``g`` (an input block with a spherical-harmonic block) and path ``p`` of it,
+    the sums over each receiver's edges
 
     .. math:: Q^{(g)}_{i, m_2, (p, m_1, u)} = \sum_{k} Y_{ik, m_2}\, R_{ik, p u}\, x_{ik, m_1 u}
 
     (``Y`` the spherical harmonics, ``x`` the sender features of the edge in slot ``k`` of
-    receiver ``i``): the weighted inputs ``z = R x`` are formed and summed with one batched matrix
-    product while they are in cache. The sums are then coupled to each path's ``l3``, per atom
-    (:meth:`TensorProductConv._couple`). Nothing per edge outlives its block: the backward pass
-    (first derivatives only) forms ``R`` and ``z`` again, block by block, and differentiates the
-    radial MLP there, so memory does not grow with the number of edges times the layers.
+    receiver ``i``, ``R`` its radial weights: the radial MLP of its length, formed once per pair
+    of reverse edges), then coupled to each path's ``l3``, per atom
+    (:meth:`TensorProductConv._couple`). On the CPU the sums and their gradients are compiled
+    kernels (:mod:`.native`), elsewhere torch operations on the weighted inputs ``z = R x``,
+    block by block of receivers. The backward pass (first derivatives only) differentiates the
+    radial MLP itself; the radial weights are kept from the forward pass up to
+    :data:`KEPT_WEIGHTS_BYTES`, and formed again block by block above it.
 
     Inputs: the convolution, its ``blocks``, node features ``x`` ``(N, D)`` (channel-last), the
-    blocks' tables (see :class:`EdgeInputs`), then the radial MLP's weight matrices (inputs so that
-    their gradients are returned when they require them).
+    pairs' radial embedding ``(P, B)``, the blocks' spherical harmonics (see
+    :class:`EdgeInputs`), then the radial MLP's weight matrices (inputs so that their gradients
+    are returned when they require them).
     Output: ``(N, irreps_out.dim)``.
     """
 
     @staticmethod
-    def forward(ctx, conv: "TensorProductConv", blocks: List[EdgeBlock], x, *tensors):
-        tables = tensors[:2 * len(blocks)]
+    def forward(ctx, conv: "TensorProductConv", blocks: List[EdgeBlock], x, embedding, *tensors):
+        sh_tables = tensors[:len(blocks)]
         out = x.new_zeros(x.shape[0], conv.irreps_out.dim)
         output_matrix = conv.radial.output_matrix(conv._weight_columns)
+        hidden = conv.radial.hidden(embedding)
+        keep = embedding.shape[0] * output_matrix.shape[1] * x.element_size() <= KEPT_WEIGHTS_BYTES
+        pair_weights = hidden @ output_matrix if keep else None
         work = functools.partial(_work, x)
         compiled = conv._compiled_kernels(x)
-        # the radial weights are kept for the backward pass if they fit in KEPT_WEIGHTS_BYTES
-        slots = sum(block.n * block.slots for block in blocks)
-        keep = slots * output_matrix.shape[1] * x.element_size() <= KEPT_WEIGHTS_BYTES
-        kept = []
-        for block, sh_block, embedding in zip(blocks, tables[0::2], tables[1::2]):
+        for block, sh_block in zip(blocks, sh_tables):
             if block.slots == 0:
-                kept.append(None)
                 continue
-            weights = _radial_weights(conv.radial.hidden(embedding), output_matrix,
-                                      functools.partial(_new, x) if keep else work)
-            kept.append(weights if keep else None)
             sums = work("sums", block.n, conv._sums_width)
             if compiled is not None:
-                compiled.forward(block.counts, block.senders, sh_block, weights, x, conv._group_table, sums,
+                weights, rows = _slot_weights(block, hidden, output_matrix, pair_weights, work, gather=False)
+                compiled.forward(block.counts, block.senders, sh_block, weights, rows, x, conv._group_table, sums,
                                  work=block.n * block.slots * conv._sums_width)
             else:
+                weights, _ = _slot_weights(block, hidden, output_matrix, pair_weights, work, gather=True)
                 x_block = _gather(block, x, work)
+                weights = weights.view(block.n, block.slots, -1)
                 for (y_offset, d2, g), q in zip(conv._groups(), conv._split_sums(sums)):
                     y = sh_block[:, :, y_offset:y_offset + d2].transpose(1, 2)
                     q.copy_(torch.bmm(y, _weighted_inputs(g, weights, x_block, work)))
             out[block.r0:block.r0 + block.n] = conv._couple(sums)
-        ctx.conv, ctx.blocks, ctx.kept_weights = conv, blocks, kept if keep else None
-        ctx.save_for_backward(x, *tables)
+        ctx.conv, ctx.blocks, ctx.pair_weights = conv, blocks, pair_weights
+        ctx.save_for_backward(x, embedding, *sh_tables)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        conv, blocks = ctx.conv, ctx.blocks
-        x, *tables = ctx.saved_tensors
-        need_embedding = any(ctx.needs_input_grad[3:3 + 2 * len(blocks)][1::2])
-        need_weights = ctx.needs_input_grad[3 + 2 * len(blocks):]
+        conv, blocks, pair_weights = ctx.conv, ctx.blocks, ctx.pair_weights
+        x, embedding, *sh_tables = ctx.saved_tensors
+        need_embedding = ctx.needs_input_grad[3]
+        need_weights = ctx.needs_input_grad[4 + len(blocks):]
         hidden_weights = [w for w, need in zip(conv.radial.weights[:-1], need_weights) if need]
         with torch.set_grad_enabled(need_weights[-1]):
             output_matrix = conv.radial.output_matrix(conv._weight_columns)
+        embedding = embedding.detach().requires_grad_(need_embedding)
+        with torch.set_grad_enabled(need_embedding or bool(hidden_weights)):
+            hidden = conv.radial.hidden(embedding)
+        output_matrix_d, hidden_d = output_matrix.detach(), hidden.detach()
         grad_output_matrix = torch.zeros_like(output_matrix) if need_weights[-1] else None
-        grad_hidden = [torch.zeros_like(w) for w in hidden_weights]
+        grad_hidden = torch.zeros_like(hidden_d)
         compiled = conv._compiled_kernels(x)
         # the compiled kernels add the gradient of x into an array per thread
         grad_x = x.new_zeros(compiled.threads(), *x.shape) if compiled is not None else torch.zeros_like(x)
-        # embedding gradients come whole from the MLP
-        grad_tables = [torch.empty_like(t) if i % 2 == 0 else None for i, t in enumerate(tables)]
+        grad_sh = [torch.empty_like(t) for t in sh_tables]
         work = functools.partial(_work, x)
-        for b_index, (block, sh_block, embedding) in enumerate(zip(blocks, tables[0::2], tables[1::2])):
+        for block, sh_block, grad_sh_block in zip(blocks, sh_tables, grad_sh):
             if block.slots == 0:
-                grad_tables[2 * b_index].zero_()
-                if need_embedding:
-                    grad_tables[2 * b_index + 1] = torch.zeros_like(embedding)
+                grad_sh_block.zero_()
                 continue
             n, k = block.n, block.slots
-            embedding = embedding.detach().requires_grad_(need_embedding)
-            with torch.set_grad_enabled(need_embedding or bool(hidden_weights)):
-                hidden = conv.radial.hidden(embedding)
-            if ctx.kept_weights is not None:
-                weights = ctx.kept_weights[b_index]
-            else:
-                weights = _radial_weights(hidden.detach(), output_matrix.detach(), work)
-            gw_block = work("grad_weights", *weights.shape)  # every column is written
+            grad_weights = work("grad_weights", n * k, output_matrix.shape[1])  # every column is written
             grad_sums = conv._couple_transposed(grad_out[block.r0:block.r0 + n])
             if compiled is not None:
-                compiled.backward(block.counts, block.senders, sh_block, weights, x, conv._group_table, grad_sums,
-                                  grad_tables[2 * b_index], gw_block, grad_x, work=3 * n * k * conv._sums_width)
+                weights, rows = _slot_weights(block, hidden_d, output_matrix_d, pair_weights, work, gather=False)
+                compiled.backward(block.counts, block.senders, sh_block, weights, rows, x, conv._group_table,
+                                  grad_sums, grad_sh_block, grad_weights, grad_x, work=3 * n * k * conv._sums_width)
             else:
+                weights, _ = _slot_weights(block, hidden_d, output_matrix_d, pair_weights, work, gather=True)
                 gx_block = work("grad_x", n, k, x.shape[1])
-                _message_sums_backward(conv, block, sh_block, weights, x, grad_sums,
-                                       grad_tables[2 * b_index], gw_block, gx_block, work)
+                _message_sums_backward(conv, block, sh_block, weights.view(n, k, -1), x, grad_sums,
+                                       grad_sh_block, grad_weights.view(n, k, -1), gx_block, work)
                 grad_x.index_add_(0, block.senders, gx_block.view(n * k, -1))
-            gw_rows = gw_block.view(n * k, -1)
+            # through R = hidden @ output_matrix, to the pairs (empty slots add zero to pair 0)
+            grad_hidden.index_add_(0, block.pairs, grad_weights @ output_matrix_d.t())
             if grad_output_matrix is not None:
-                grad_output_matrix.addmm_(hidden.detach().view(n * k, -1).t(), gw_rows)
-            wanted = ([embedding] if need_embedding else []) + hidden_weights
-            if wanted:
-                grad_hidden_out = (gw_rows @ output_matrix.detach().t()).view(hidden.shape)
-                grads = list(torch.autograd.grad(hidden, wanted, grad_hidden_out))
-                if need_embedding:
-                    grad_tables[2 * b_index + 1] = grads.pop(0)
-                for total, grad in zip(grad_hidden, grads):
-                    total += grad
+                grad_output_matrix.addmm_(hidden_d.index_select(0, block.pairs).t(), grad_weights)
         if compiled is not None:
             grad_x = grad_x.sum(0)
-        grad_hidden = iter(grad_hidden)
-        grad_weights = [next(grad_hidden) if need else None for need in need_weights[:-1]]
-        grad_weights.append(None if grad_output_matrix is None else
-                            torch.autograd.grad(output_matrix, conv.radial.weights[-1], grad_output_matrix)[0])
-        return None, None, grad_x, *grad_tables, *grad_weights
+        wanted = ([embedding] if need_embedding else []) + hidden_weights
+        grads = list(torch.autograd.grad(hidden, wanted, grad_hidden)) if wanted else []
+        grad_embedding = grads.pop(0) if need_embedding else None
+        grads = iter(grads)
+        grad_mlp = [next(grads) if need else None for need in need_weights[:-1]]
+        grad_mlp.append(None if grad_output_matrix is None else
+                        torch.autograd.grad(output_matrix, conv.radial.weights[-1], grad_output_matrix)[0])
+        return None, None, grad_x, grad_embedding, *grad_sh, *grad_mlp
+
+
+def _slot_weights(block: EdgeBlock, hidden, output_matrix, pair_weights, work, gather: bool):
+    """The radial weights of ``block``'s slots, as ``(weights, rows)``: slot ``e`` has row
+    ``rows[e]`` of ``weights`` (``rows`` ``None``: row ``e``).
+
+    With ``pair_weights`` ``(P, W)`` (kept from the forward pass) these are its rows of the slots'
+    pairs, gathered into an ``(n * K, W)`` array if ``gather``, else indexed through
+    ``block.pairs``; without, they are formed from the pairs' last hidden activations ``hidden``
+    ``(P, H)`` and the MLP's ``(H, W)`` output matrix, one row per slot."""
+    if pair_weights is not None and not gather:
+        return pair_weights, block.pairs
+    out = work("weights", block.n * block.slots, output_matrix.shape[1])
+    if pair_weights is not None:
+        return torch.index_select(pair_weights, 0, block.pairs, out=out), None
+    return torch.mm(hidden.index_select(0, block.pairs), output_matrix, out=out), None
 
 
 def _message_sums_backward(conv: "TensorProductConv", block: EdgeBlock, sh_block, weights, x, grad_sums,
@@ -230,14 +234,6 @@ def _message_sums_backward(conv: "TensorProductConv", block: EdgeBlock, sh_block
         gx = grad_x[:, :, g.x_offset:g.x_offset + g.d1 * g.mul].view(n, k, g.d1, g.mul)
         for p in range(g.paths):
             gx.addcmul_(gz[:, :, p], wg[:, :, p, None])
-
-
-def _radial_weights(hidden, output_matrix, work):
-    """The radial weights ``(n, K, W)`` of a block: its last hidden activations ``(n, K, H)`` times
-    the MLP's ``(H, W)`` output matrix."""
-    n, k, h = hidden.shape
-    out = work("weights", n * k, output_matrix.shape[1])
-    return torch.mm(hidden.reshape(n * k, h), output_matrix, out=out).view(n, k, -1)
 
 
 def _gather(block: EdgeBlock, x, work):
@@ -360,7 +356,7 @@ class TensorProductConv(nn.Module):
         """Node features ``(N, irreps_in.dim)`` and the edges of the call (blocks covering receivers
         ``0 .. N-1`` in order) → aggregated messages ``(N, irreps_out.dim)``."""
         x = self._channel_last(x)
-        out = _MessageSums.apply(self, edges.blocks, x, *edges.tables, *self.radial.weights)
+        out = _MessageSums.apply(self, edges.blocks, x, edges.embedding, *edges.sh, *self.radial.weights)
         return out / self.denominator
 
     def _channel_last(self, x: torch.Tensor) -> torch.Tensor:

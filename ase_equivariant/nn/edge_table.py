@@ -33,8 +33,9 @@ class EdgeBlock(NamedTuple):
 
     ``edges`` and ``senders`` are ``(n * slots,)`` int64: the edge in each slot (``E``, the number
     of edges, for an empty slot) and its sending atom (0 when empty). ``counts`` ``(n,)`` int64:
-    the edges of each receiver, which fill its first slots. ``slots`` is the most edges of one
-    receiver (0: no edges).
+    the edges of each receiver, which fill its first slots. ``pairs`` ``(n * slots,)`` int64: the
+    pair (see :func:`edge_pairs`) of the edge in each slot (0 when empty). ``slots`` is the most
+    edges of one receiver (0: no edges).
     """
 
     r0: int
@@ -43,11 +44,49 @@ class EdgeBlock(NamedTuple):
     edges: torch.Tensor
     senders: torch.Tensor
     counts: torch.Tensor
+    pairs: torch.Tensor
 
 
-def edge_blocks(edge_index, n_atoms: int, block_size: int) -> List[EdgeBlock]:
+def edge_pairs(edge_index: torch.Tensor, shifts: torch.Tensor):
+    """Group the edges into pairs of reverse edges: ``i → j`` with shift ``S`` and ``j → i`` with
+    ``-S`` (equal lengths). An edge whose reverse is not in the list is a pair of its own.
+
+    Args:
+        edge_index: ``(2, E)`` int64.
+        shifts: ``(E, 3)`` integer cell shifts (any dtype holding integers).
+
+    Returns:
+        pair: ``(E,)`` int64, the pair of each edge, in ``0 .. P-1``.
+        first: ``(P,)`` int64, an edge of each pair.
+    """
+    e = edge_index.shape[1]
+    device = edge_index.device
+    if e == 0:
+        return torch.zeros(0, dtype=torch.long, device=device), torch.zeros(0, dtype=torch.long, device=device)
+    i, j = edge_index
+    s = shifts.round().long() if shifts.is_floating_point() else shifts.long()
+    # orient every edge the same way as its reverse: from the lower index, or for a self-image
+    # (i == j) with the first non-zero shift component positive
+    first_nonzero = s.gather(1, (s != 0).long().argmax(dim=1, keepdim=True)).squeeze(1)
+    flip = (i > j) | ((i == j) & (first_nonzero < 0))
+    a, b = torch.where(flip, j, i), torch.where(flip, i, j)
+    s = torch.where(flip.unsqueeze(1), -s, s)
+    reach = int(s.abs().max()) if s.numel() else 0
+    span, n = 2 * reach + 1, int(edge_index.max()) + 1
+    if n * n * span**3 < 2**62:  # one int64 key per orientation-free edge
+        key = ((a * n + b) * span + s[:, 0] + reach) * span**2 + (s[:, 1] + reach) * span + s[:, 2] + reach
+        _, pair = torch.unique(key, return_inverse=True)
+    else:
+        _, pair = torch.unique(torch.stack([a, b, s[:, 0], s[:, 1], s[:, 2]], dim=1), dim=0, return_inverse=True)
+    first = torch.empty(int(pair.max()) + 1, dtype=torch.long, device=device)
+    first[pair] = torch.arange(e, device=device)
+    return pair, first
+
+
+def edge_blocks(edge_index, n_atoms: int, block_size: int, pair: torch.Tensor) -> List[EdgeBlock]:
     """Lay out the edges ``edge_index`` ``(2, E)`` (receivers in row 0, sorted) as blocks of about
-    ``block_size`` edges; the blocks cover all ``n_atoms`` receivers in order."""
+    ``block_size`` edges; the blocks cover all ``n_atoms`` receivers in order. ``pair`` ``(E,)``:
+    the pair of each edge (:func:`edge_pairs`)."""
     e = edge_index.shape[1]
     device = edge_index.device
     receivers, senders = edge_index[0], edge_index[1]
@@ -56,7 +95,7 @@ def edge_blocks(edge_index, n_atoms: int, block_size: int) -> List[EdgeBlock]:
         n, count = r1 - r0, b1 - b0
         if count == 0:
             empty = torch.zeros(0, dtype=torch.long, device=device)
-            blocks.append(EdgeBlock(r0, n, 0, empty, empty, torch.zeros(n, dtype=torch.long, device=device)))
+            blocks.append(EdgeBlock(r0, n, 0, empty, empty, torch.zeros(n, dtype=torch.long, device=device), empty))
             continue
         rows = receivers[b0:b1] - r0
         counts = torch.bincount(rows, minlength=n)
@@ -68,5 +107,6 @@ def edge_blocks(edge_index, n_atoms: int, block_size: int) -> List[EdgeBlock]:
         filled = table >= 0
         table.clamp_(min=0)
         edges = torch.where(filled, table + b0, e)
-        blocks.append(EdgeBlock(r0, n, slots, edges, torch.where(filled, senders[b0:b1][table], 0), counts))
+        blocks.append(EdgeBlock(r0, n, slots, edges, torch.where(filled, senders[b0:b1][table], 0), counts,
+                                torch.where(filled, pair[b0:b1][table], 0)))
     return blocks

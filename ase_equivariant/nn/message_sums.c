@@ -7,13 +7,14 @@
  * A block holds receivers 0 .. n-1 with K slots each (row-major (n, K) tables); receiver i's
  * edges are in its first counts[i] slots. Per slot e = i*K + k:
  *   Y[e, 0:S]            spherical harmonics of the edge,
- *   R[e, 0:W]            radial weights of the edge,
+ *   R[rows[e], 0:W]      radial weights of the edge (rows NULL: R[e, 0:W]; both edges of a
+ *                        pair of reverse edges can share a row),
  *   x[senders[e], 0:D]   the sender's features (channel-last: blocks [d1, mul]).
  * A group (an input block with a spherical-harmonic block) is described by 8 ints
  *   y_off, d2, x_off, d1, mul, paths, w_off, q_off
  * and its message sums, per receiver, are the (d2, paths, d1, mul) block at q_off of Q[i, 0:QD]:
  *   Q[i, q_off + ((m2*paths + p)*d1 + m1)*mul + u]
- *       = sum_k Y[e, y_off+m2] * R[e, w_off + p*mul + u] * x[s_e, x_off + m1*mul + u].
+ *       = sum_k Y[e, y_off+m2] * R[rows[e], w_off + p*mul + u] * x[s_e, x_off + m1*mul + u].
  *
  * Both kernels work on receivers r0 .. r1-1, so that callers can split a block between threads;
  * outputs of different receivers never overlap. The inner loops run over tiles of channels u
@@ -64,7 +65,7 @@ typedef T CAT(vbackward, SUFFIX) __attribute__((vector_size(32), aligned(sizeof(
  * sums are accumulated in registers over the receiver's edges, then stored. */
 INLINE void CAT(forward_group, SUFFIX)(
     const group_t g, const int D2, int64_t i, int64_t K, int64_t count, const int64_t *senders,
-    const T *Y, int64_t S, const T *R, int64_t W, const T *x, int64_t D, T *q)
+    const T *Y, int64_t S, const T *R, const int64_t *rows, int64_t W, const T *x, int64_t D, T *q)
 {
     const int64_t row = (int64_t)g.paths * g.d1 * g.mul; /* between m2 rows of the sums */
     for (int p = 0; p < g.paths; ++p) {
@@ -77,7 +78,7 @@ INLINE void CAT(forward_group, SUFFIX)(
                 for (int m2 = 0; m2 < D2; ++m2) acc[m2] = (VF){0};
                 for (int64_t k = 0; k < count; ++k) {
                     const int64_t e = i * K + k;
-                    const VF z = *(const VF *)(R + e * W + r_col + u0)
+                    const VF z = *(const VF *)(R + (rows ? rows[e] : e) * W + r_col + u0)
                                * *(const VF *)(x + senders[e] * D + x_col + u0);
                     const T *y = Y + e * S + g.y_off;
                     for (int m2 = 0; m2 < D2; ++m2) acc[m2] += y[m2] * z;
@@ -88,7 +89,7 @@ INLINE void CAT(forward_group, SUFFIX)(
                 T acc[MAX_D2] = {0};
                 for (int64_t k = 0; k < count; ++k) {
                     const int64_t e = i * K + k;
-                    const T z = R[e * W + r_col + u0] * x[senders[e] * D + x_col + u0];
+                    const T z = R[(rows ? rows[e] : e) * W + r_col + u0] * x[senders[e] * D + x_col + u0];
                     for (int m2 = 0; m2 < D2; ++m2) acc[m2] += Y[e * S + g.y_off + m2] * z;
                 }
                 for (int m2 = 0; m2 < D2; ++m2) qpm[m2 * row + u0] = acc[m2];
@@ -166,14 +167,14 @@ INLINE void CAT(backward_group, SUFFIX)(
 /* Q[i] for receivers r0 .. r1-1 (overwritten). */
 void CAT(message_sums, SUFFIX)(
     int64_t r0, int64_t r1, int64_t K, const int64_t *counts, const int64_t *senders,
-    const T *Y, int64_t S, const T *R, int64_t W, const T *x, int64_t D,
+    const T *Y, int64_t S, const T *R, const int64_t *rows, int64_t W, const T *x, int64_t D,
     const group_t *groups, int64_t n_groups, T *Q, int64_t QD)
 {
     for (int64_t i = r0; i < r1; ++i) {
         T *q = Q + i * QD;
         for (int64_t gi = 0; gi < n_groups; ++gi) {
             const group_t g = groups[gi];
-#define FORWARD(D2) CAT(forward_group, SUFFIX)(g, D2, i, K, counts[i], senders, Y, S, R, W, x, D, q)
+#define FORWARD(D2) CAT(forward_group, SUFFIX)(g, D2, i, K, counts[i], senders, Y, S, R, rows, W, x, D, q)
             switch (g.d2) {
                 case 1: FORWARD(1); break;
                 case 3: FORWARD(3); break;
@@ -186,12 +187,13 @@ void CAT(message_sums, SUFFIX)(
     }
 }
 
-/* Given G = dL/dQ (n, QD), for receivers r0 .. r1-1: dL/dY (n*K, S) and dL/dR (n*K, W)
+/* Given G = dL/dQ (n, QD), for receivers r0 .. r1-1: dL/dY (n*K, S) and dL/dR (n*K, W, one
+ * row per slot)
  * (overwritten; zero for empty slots), and dL/dx added to grad_x (N, D), the rows of the senders
  * (so threads need grad_x arrays of their own). */
 void CAT(message_sums_backward, SUFFIX)(
     int64_t r0, int64_t r1, int64_t K, const int64_t *counts, const int64_t *senders,
-    const T *Y, int64_t S, const T *R, int64_t W, const T *x, int64_t D,
+    const T *Y, int64_t S, const T *R, const int64_t *rows, int64_t W, const T *x, int64_t D,
     const group_t *groups, int64_t n_groups, const T *G, int64_t QD,
     T *grad_Y, T *grad_R, T *grad_x)
 {
@@ -203,7 +205,7 @@ void CAT(message_sums_backward, SUFFIX)(
             const int64_t e = i * K + k;
             for (int64_t gi = 0; gi < n_groups; ++gi) {
                 const group_t g = groups[gi];
-#define BACKWARD(D2, D1) CAT(backward_group, SUFFIX)(g, D2, D1, Y + e * S + g.y_off, R + e * W, \
+#define BACKWARD(D2, D1) CAT(backward_group, SUFFIX)(g, D2, D1, Y + e * S + g.y_off, R + (rows ? rows[e] : e) * W, \
     x + senders[e] * D, G + i * QD, grad_Y + e * S + g.y_off, grad_R + e * W, grad_x + senders[e] * D)
 #define BACKWARD_D1(D2) switch (g.d1) { \
                     case 1: BACKWARD(D2, 1); break; \

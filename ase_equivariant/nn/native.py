@@ -111,23 +111,25 @@ class Kernels:
         for future in futures:
             future.result()
 
-    def forward(self, counts, senders, sh, weights, x, groups, out, work: int):
+    def forward(self, counts, senders, sh, weights, rows, x, groups, out, work: int):
         """``out (n, QD)`` ← the message sums of a block (see ``message_sums.c``); ``sh (n, K, S)``,
-        ``weights (n, K, W)``, ``x (N, D)``, ``counts (n,)`` and ``senders (n*K,)`` int64,
-        ``groups (G, 8)`` int32; all contiguous CPU tensors of one float dtype."""
+        ``weights (·, W)`` with ``rows (n*K,)`` the row of each slot (``None``: ``weights`` has
+        ``n*K`` rows), ``x (N, D)``, ``counts (n,)`` and ``senders (n*K,)`` int64, ``groups (G, 8)``
+        int32; all contiguous CPU tensors, the float ones of one dtype."""
         n, k, s = sh.shape
-        args = (_i64(k), _ptr(counts), _ptr(senders), _ptr(sh), _i64(s), _ptr(weights), _i64(weights.shape[2]),
+        args = (_i64(k), _ptr(counts), _ptr(senders), _ptr(sh), _i64(s), _ptr(weights), _ptr(rows), _i64(weights.shape[1]),
                 _ptr(x), _i64(x.shape[1]), _ptr(groups), _i64(groups.shape[0]), _ptr(out), _i64(out.shape[1]))
         self._run(self._functions[x.dtype][0], self._ranges(n, work), args)
 
-    def backward(self, counts, senders, sh, weights, x, groups, grad_out, grad_sh, grad_weights, grad_x, work: int):
+    def backward(self, counts, senders, sh, weights, rows, x, groups, grad_out, grad_sh, grad_weights, grad_x,
+                 work: int):
         """The gradients of a block's message sums, given ``grad_out (n, QD)``: with respect to
-        ``sh`` and ``weights``, written into ``grad_sh (n, K, S)`` and ``grad_weights (n, K, W)``,
+        ``sh`` and each slot's weights, written into ``grad_sh (n, K, S)`` and ``grad_weights (n*K, W)``,
         and with respect to ``x``, added to ``grad_x`` ``(T, N, D)``, one array for each thread
         that may run (``T`` = :meth:`threads`), to be summed by the caller."""
         n, k, s = sh.shape
-        args = (_i64(k), _ptr(counts), _ptr(senders), _ptr(sh), _i64(s), _ptr(weights), _i64(weights.shape[2]),
-                _ptr(x), _i64(x.shape[1]), _ptr(groups), _i64(groups.shape[0]), _ptr(grad_out),
+        args = (_i64(k), _ptr(counts), _ptr(senders), _ptr(sh), _i64(s), _ptr(weights), _ptr(rows),
+                _i64(weights.shape[1]), _ptr(x), _i64(x.shape[1]), _ptr(groups), _i64(groups.shape[0]), _ptr(grad_out),
                 _i64(grad_out.shape[1]), _ptr(grad_sh), _ptr(grad_weights))
         ranges = self._ranges(n, work)
         assert len(ranges) <= grad_x.shape[0]
@@ -139,8 +141,8 @@ class Kernels:
         return torch.get_num_threads()
 
 
-def _ptr(t: torch.Tensor):
-    return ctypes.c_void_p(t.data_ptr())
+def _ptr(t: Optional[torch.Tensor]):
+    return ctypes.c_void_p(None if t is None else t.data_ptr())
 
 
 def _i64(v: int):

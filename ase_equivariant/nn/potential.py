@@ -9,15 +9,16 @@ from ..neighbors import edge_vectors
 from ..o3 import Irreps, spherical_harmonics
 from .activations import ScaledActivation
 from .convolution import EdgeInputs, TensorProductConv
-from .edge_table import edge_blocks
+from .edge_table import edge_blocks, edge_pairs
 from .gate import Gate
 from .interaction import InteractionBlock
 from .linear import EquivariantLinear
 from .radial import BesselBasis, build_cutoff
 
 MAX_ATOMIC_NUMBER = 118
-#: default number of edges in a block of work (SevenNet-0: scratch buffers of up to ~8 MB each)
-DEFAULT_EDGE_BLOCK = 2048
+#: default number of edges in a block of work (SevenNet-0, float32: scratch buffers of up to
+#: ~32 MB each); larger blocks mean fewer, larger torch operations per convolution
+DEFAULT_EDGE_BLOCK = 8192
 
 
 @dataclass
@@ -112,8 +113,9 @@ class EquivariantPotential(nn.Module):
         self.readout_energy = EquivariantLinear(self.readout_hidden.irreps_out, "1x0e")
         self.register_buffer("energy_scale", torch.ones(len(c.species), dtype=torch.float64))
         self.register_buffer("energy_shift", torch.zeros(len(c.species), dtype=torch.float64))
-        #: edges per block of work: the convolutions form each block's radial weights and weighted
-        #: inputs in scratch buffers reused from block to block (see ``ase_equivariant.scratch``)
+        #: edges per block of work: the convolutions' per-edge intermediates (radial weights when
+        #: they are not kept, their gradients) live in scratch buffers reused from block to block
+        #: (see ``ase_equivariant.scratch``)
         self.edge_block = DEFAULT_EDGE_BLOCK
 
     @property
@@ -169,14 +171,15 @@ class EquivariantPotential(nn.Module):
             vectors = vectors[order] if vectors is not None else None
         if vectors is None:
             vectors = edge_vectors(positions, cell, edge_index, shifts)
-        r = torch.linalg.vector_norm(vectors, dim=1)
+        # one radial embedding per pair of reverse edges (their lengths are equal)
+        pair, first = edge_pairs(edge_index, shifts)
+        r = torch.linalg.vector_norm(vectors.index_select(0, first), dim=1)
         radial_embedding = self.radial_basis(r) * self.cutoff_function(r).unsqueeze(-1)
         sh = spherical_harmonics(self.config.lmax_sh, vectors, normalize=True)
-        # row E of each: the empty slot
-        edge_features = [torch.cat([f, f.new_zeros(1, f.shape[1])]) for f in (sh, radial_embedding)]
-        blocks = edge_blocks(edge_index, len(types), self.edge_block)
-        edges = EdgeInputs(blocks, [f.index_select(0, block.edges).view(block.n, block.slots, f.shape[1])
-                                    for block in blocks for f in edge_features])
+        sh = torch.cat([sh, sh.new_zeros(1, sh.shape[1])])  # row E: the empty slot
+        blocks = edge_blocks(edge_index, len(types), self.edge_block, pair)
+        edges = EdgeInputs(blocks, [sh.index_select(0, block.edges).view(block.n, block.slots, sh.shape[1])
+                                    for block in blocks], radial_embedding)
         x = self.species_embedding[types] * len(self.config.species) ** -0.5
         for block in self.blocks:
             x = block(x, edges)
