@@ -269,11 +269,12 @@ class TensorProductConv(nn.Module):
 
     Computation: the coupling is linear in ``Y``, so the sum over a receiver's edges is taken
     first, of ``Y_m2 · R x_m1`` (see :class:`_MessageSums`), and the Clebsch-Gordan coupling is
-    applied to the sums, per atom: no per-edge message is ever formed, and the radial weights
-    live one block of edges at a time. Features are channel-last inside (``[2l+1, mul]``
-    blocks), so the elementwise work runs over contiguous channels. The message sums have a
-    hand-written backward pass: first derivatives (forces, stress) only; differentiating twice
-    (Hessians, training on forces) raises an error.
+    applied to the sums, per atom: no per-edge message is ever formed. The radial weights depend
+    on the edge length only, so they are formed once per pair of reverse edges. On the CPU the
+    sums and their gradients run in compiled kernels (:mod:`.native`); features are channel-last
+    inside (``[2l+1, mul]`` blocks), so the work runs over contiguous channels. The message sums
+    have a hand-written backward pass: first derivatives (forces, stress) only; differentiating
+    twice (Hessians, training on forces) raises an error.
 
     Args:
         irreps_in: node features.
