@@ -27,8 +27,13 @@ __all__ = ["cell_list", "edge_vectors", "NeighborList", "neighbor_list"]
 
 # Bins are about cutoff / _BINS_PER_CUTOFF wide: finer bins test fewer far-away candidates.
 _BINS_PER_CUTOFF = 2
+# Along the strip axis, where finer bins add no ranges to search, about cutoff / this wide.
+_STRIP_BINS_PER_CUTOFF = 8
 # Candidate pairs tested per vectorised step (~20 bytes of scratch space each).
 _CANDIDATES_PER_CHUNK = 1 << 19
+# Row widths _candidates tries, and the cost of a row in candidate slots (its per-row work).
+_ROW_WIDTHS = 32
+_ROW_COST = 4
 # Edges measured per step by the exact cutoff test (~80 bytes of scratch space each).
 _EDGES_PER_CHUNK = 1 << 16
 # Periodic images the cell list may consider (it indexes them with int32).
@@ -191,15 +196,18 @@ def _within(positions, cell, edge_index, shifts, cutoff):
 
 
 def _bins(frac, pbc, heights, bin_cutoff, max_bins):
-    """Sort atoms into a grid of bins.
+    """Sort atoms into a grid of bins, finer along one axis (the "strip" axis).
 
     frac ``(N, 3)`` float64: fractional coordinates along periodic axes, Å along the others.
     heights ``(3,)``: perpendicular heights of the cell (Å) along periodic axes.  Returns
-    ``(bins, wraps, n, m)``: bins ``(N, 3)`` int64 bin coordinates in ``[0, n)``; wraps
-    ``(N, 3)`` int64 lattice translations that bring each atom into the cell (zero along
-    non-periodic axes); ``n`` the bins per axis and ``m`` how many neighbouring bins each side
-    can hold an atom within ``bin_cutoff`` (``m`` may exceed ``n`` when the cutoff is larger than
-    the cell).  Along non-periodic axes the grid spans the atoms' bounding box.
+    ``(bins, wraps, n, m, strip, window)``: bins ``(N, 3)`` int64 bin coordinates in
+    ``[0, n)``; wraps ``(N, 3)`` int64 lattice translations that bring each atom into the cell
+    (zero along non-periodic axes); ``n`` the bins per axis and ``m`` how many neighbouring bins
+    each side can hold an atom within ``bin_cutoff`` (``m`` may exceed ``n`` when the cutoff is
+    larger than the cell); ``strip`` the axis of most neighbouring bins, where bins are
+    ``_STRIP_BINS_PER_CUTOFF`` per cutoff; window ``(N, 2)`` int64, the first and one past the
+    last bin along ``strip`` that can hold an atom within ``bin_cutoff`` of each atom (within
+    ``[-m, n + m)``).  Along non-periodic axes the grid spans the atoms' bounding box.
     """
     n_atoms = frac.shape[0]
     wraps = torch.zeros(n_atoms, 3, dtype=torch.int64, device=frac.device)
@@ -217,20 +225,33 @@ def _bins(frac, pbc, heights, bin_cutoff, max_bins):
             scaled[:, k] = (frac[:, k] - lo) / length if length > 0 else 0.0
             extent.append(length)
 
-    def reach(k, nk):
-        if pbc[k]:
-            return math.ceil(bin_cutoff * nk / extent[k])
-        return min(math.ceil(bin_cutoff * nk / extent[k]), nk - 1) if nk > 1 else 0
+    def reach(k, nk):  # bin_cutoff in bins of axis k
+        return bin_cutoff * nk / extent[k] if extent[k] > 0 else math.inf
 
-    n = [max(1, int(_BINS_PER_CUTOFF * extent[k] / bin_cutoff)) for k in range(3)]
-    m = [reach(k, n[k]) for k in range(3)]
+    def neighbours(k, nk):
+        if pbc[k]:
+            return math.ceil(reach(k, nk))
+        return min(math.ceil(reach(k, nk)), nk - 1) if nk > 1 else 0
+
+    def count(k, per_cutoff):
+        return max(1, int(per_cutoff * extent[k] / bin_cutoff))
+
+    n = [count(k, _BINS_PER_CUTOFF) for k in range(3)]
+    m = [neighbours(k, n[k]) for k in range(3)]
+    strip = max(range(3), key=lambda k: m[k])
+    n[strip] = max(n[strip], count(strip, _STRIP_BINS_PER_CUTOFF))
+    m[strip] = neighbours(strip, n[strip])
     while math.prod(nk + 2 * mk for nk, mk in zip(n, m)) > max_bins and max(n) > 1:
         k = max(range(3), key=lambda k: n[k])
         n[k] = max(1, n[k] // 2)
-        m[k] = reach(k, n[k])
+        m[k] = neighbours(k, n[k])
     n_t = torch.tensor(n, dtype=torch.float64, device=frac.device)
     bins = torch.minimum(torch.floor(scaled * n_t), n_t - 1).to(torch.int64)
-    return bins, wraps, n, m
+    along = scaled[:, strip, None] * n[strip] + torch.tensor(
+        [-reach(strip, n[strip]), reach(strip, n[strip])], dtype=torch.float64, device=frac.device)
+    window = torch.floor(along).clamp_(-m[strip], n[strip] + m[strip] - 1).to(torch.int64)
+    window[:, 1] += 1
+    return bins, wraps, n, m, strip, window
 
 
 def _image_reach(pbc, n, m):
@@ -266,21 +287,23 @@ def _images(bins, pbc, n, m, stride):
 class _Grid:
     """The periodic images of all atoms, sorted into a grid of bins padded by ``m`` bins.
 
-    The padded grid is linearised with the axis of most neighbouring bins (the "strip" axis)
-    running fastest, so a run of ``2 m + 1`` consecutive bins along it is one contiguous range
-    of sorted images.  Attributes (``M`` images, ``N`` atoms):
+    The padded grid is linearised with the strip axis (see :func:`_bins`) running fastest, so
+    a run of consecutive bins along it is one contiguous range of sorted images.  An atom's
+    candidates lie in ``R`` such runs ("strips"), one for each of the ``(2 m + 1) ** 2`` bins
+    around it across the strip axis, each over the atom's window along it.  Attributes
+    (``M`` images, ``N`` atoms):
 
     * ``image_atom`` ``(M,)``, ``image_shift`` ``(M, 3)``: atom and lattice shift of each image;
     * ``bin_start`` ``(n_bins + 1,)``: images of bin ``b`` are ``bin_start[b]:bin_start[b + 1]``;
     * ``own_image`` ``(N,)``: where each atom's unshifted image landed;
-    * ``atom_bin`` ``(N,)``: padded-grid index of the first bin of each atom's first strip;
-    * ``strip_offsets`` ``(R,)``: bin offsets of the ``R`` strips around an atom (``R // 2`` is
-      the atom's own strip); ``strip_length``: bins per strip.
+    * ``atom_first`` ``(N,)``: padded-grid index of the first bin of each atom's first strip;
+    * ``atom_length`` ``(N,)``: bins per strip of each atom;
+    * ``strip_offsets`` ``(R,)``: bin offsets of the strips around an atom (``R // 2`` is the
+      atom's own strip).
     """
 
-    def __init__(self, bins, pbc, n, m):
+    def __init__(self, bins, window, pbc, n, m, strip):
         device = bins.device
-        strip = max(range(3), key=lambda k: m[k])
         a, b = [k for k in range(3) if k != strip]
         size = [nk + 2 * mk for nk, mk in zip(n, m)]
         stride = [0, 0, 0]
@@ -297,30 +320,33 @@ class _Grid:
         own = torch.nonzero(own).squeeze(1)
         self.own_image = torch.empty(bins.shape[0], dtype=torch.int64, device=device)
         self.own_image[atom[own]] = rank[own]
-        self.atom_bin = (bins * torch.tensor(stride, device=device)).sum(dim=1)
+        self.atom_first = bins[:, a] * stride[a] + bins[:, b] * stride[b] + window[:, 0] + m[strip]
+        self.atom_length = window[:, 1] - window[:, 0]
         offsets_a = torch.arange(2 * m[a] + 1, device=device) * stride[a]
         offsets_b = torch.arange(2 * m[b] + 1, device=device) * stride[b]
         self.strip_offsets = (offsets_a[:, None] + offsets_b[None, :]).reshape(-1)
-        self.strip_length = 2 * m[strip] + 1
         self._shape = (size[b], size[a], size[strip])
         self._windows = (2 * m[b] + 1, 2 * m[a] + 1)
+        # atom_first in the (n[b], n[a], size[strip] + 1) layout of candidates_per_atom's sums
+        self._atom_box = ((bins[:, b] * n[a] + bins[:, a]) * (size[strip] + 1)
+                          + window[:, 0] + m[strip])
 
     def candidates_per_atom(self, self_interaction):
         """``(N,)`` number of images in the ranges of each atom (see ``ranges``)."""
-        # Images per strip starting at each bin, then summed over the strips of an atom with
-        # running sums along the two other axes of the padded grid.
-        strips = self.bin_start[self.strip_length:] - self.bin_start[:-self.strip_length]
-        boxes = torch.zeros(self._shape, dtype=torch.int64, device=strips.device).view(-1)
-        boxes[:strips.numel()] = strips
-        boxes = boxes.view(self._shape)
+        # Images before each bin, with one more column along the strip axis (the start of the
+        # next row), summed over the strips of an atom with running sums along the two other
+        # axes; an atom's count is that sum at the end of its strips less that at their start.
+        size_b, size_a, size_s = self._shape
+        boxes = self.bin_start.as_strided((size_b, size_a, size_s + 1),
+                                          (size_a * size_s, size_s, 1))
         for dim, window in enumerate(self._windows):
             running = torch.cumsum(boxes, dim=dim)
             boxes = running.narrow(dim, window - 1, running.shape[dim] - window + 1).clone()
             boxes.narrow(dim, 1, boxes.shape[dim] - 1).sub_(
                 running.narrow(dim, 0, running.shape[dim] - window))
-        padded = torch.zeros(self._shape, dtype=torch.int64, device=strips.device)
-        padded[:boxes.shape[0], :boxes.shape[1]] = boxes
-        return padded.view(-1).index_select(0, self.atom_bin) - (0 if self_interaction else 1)
+        boxes = boxes.reshape(-1)
+        return (boxes.index_select(0, self._atom_box + self.atom_length)
+                - boxes.index_select(0, self._atom_box) - (0 if self_interaction else 1))
 
     def ranges(self, a0, a1, self_interaction):
         """Image ranges to search for atoms ``a0:a1``: ``(start, count)``, each ``(A, R')``.
@@ -328,9 +354,10 @@ class _Grid:
         Without self-interaction the atom's own strip is split in two ranges around its own
         image (``R' = R + 1``), so an atom never meets itself unshifted.
         """
-        first = (self.atom_bin[a0:a1, None] + self.strip_offsets).view(-1)
-        start = self.bin_start.index_select(0, first).view(a1 - a0, -1)
-        end = self.bin_start.index_select(0, first + self.strip_length).view(a1 - a0, -1)
+        first = self.atom_first[a0:a1, None] + self.strip_offsets
+        start = self.bin_start.index_select(0, first.view(-1)).view(a1 - a0, -1)
+        end = self.bin_start.index_select(0, (first + self.atom_length[a0:a1, None]).view(-1))
+        end = end.view(a1 - a0, -1)
         if not self_interaction:
             middle = self.strip_offsets.numel() // 2
             own = self.own_image[a0:a1, None]
@@ -420,12 +447,13 @@ def _cell_list(positions, cell, pbc, basis, cutoff, self_interaction, max_bins):
     inv = torch.linalg.inv(basis)
     heights = (1.0 / inv.norm(dim=0)).tolist()
     frac = positions.to(torch.float64) @ inv.to(device)
-    bins, wraps, n, m = _bins(frac, pbc, heights, (cutoff + margin) * 1.001, max_bins)
+    bins, wraps, n, m, strip, window = _bins(frac, pbc, heights, (cutoff + margin) * 1.001,
+                                             max_bins)
     most_images = n_atoms * math.prod(2 * r + 1 for r in _image_reach(pbc, n, m))
     if most_images > _MAX_IMAGES:
         raise ValueError(f"cutoff {cutoff} Å spans too many periodic images (up to "
                          f"{most_images}) of a cell this thin: heights {heights} Å")
-    grid = _Grid(bins, pbc, n, m)
+    grid = _Grid(bins, window, pbc, n, m, strip)
     wrapped = positions - wraps.to(dtype) @ cell
     origin = wrapped.min(dim=0).values  # keeps the coordinates small
     image_pos = (wrapped.index_select(0, grid.image_atom) + grid.image_shift.to(dtype) @ cell
@@ -440,8 +468,9 @@ def _cell_list(positions, cell, pbc, basis, cutoff, self_interaction, max_bins):
     wrapped = (wrapped - origin).T.to(search_dtype).contiguous()
 
     def pairs(i, image, j=None, shifts=None):
-        """Second atom ``(P,)`` and cell shift ``(P, 3)`` of pairs (atom, sorted image);
-        written into ``j`` and ``shifts`` when given."""
+        """Second atom ``(P,)`` and cell shift ``(P, 3)`` of pairs (atom ``i``, sorted image),
+        each ``(P,)``; written into ``j`` and ``shifts`` when given.  ``i`` is read only when
+        some atom was wrapped (it may be None otherwise)."""
         j = torch.index_select(grid.image_atom, 0, image, out=j)
         shifts = torch.index_select(grid.image_shift, 0, image, out=shifts)
         if wrapped_any:
@@ -456,38 +485,43 @@ def _cell_list(positions, cell, pbc, basis, cutoff, self_interaction, max_bins):
     edges = _Edges(n_atoms, int(totals.sum()), device)
     for a0, a1 in _chunks(totals, _CANDIDATES_PER_CHUNK):
         start, count = grid.ranges(a0, a1, self_interaction)
-        i, image, d2 = _candidates(a0, start, count, wrapped, image_pos, n_images, cutoff + band)
+        image, d2, found = _candidates(start, count, wrapped[:, a0:a1], image_pos, n_images,
+                                       cutoff + band)
         border = torch.nonzero(d2 >= (cutoff - band) ** 2).squeeze(1)
         if border.numel():
-            j, shifts = pairs(i[border], image[border])
-            out = border[~_within(positions, cell, torch.stack([i[border], j]), shifts, cutoff)]
-            keep = torch.ones_like(i, dtype=torch.bool)
-            keep[out] = False
-            i, image = i[keep], image[keep]
-        edges.reserve(i.numel(), int(totals[a0:a1].sum()))
-        size = edges.size + i.numel()
+            i = torch.searchsorted(torch.cumsum(found, dim=0), border, right=True) + a0
+            j, shifts = pairs(i, image[border])
+            out = ~_within(positions, cell, torch.stack([i, j]), shifts, cutoff)
+            keep = torch.ones_like(image, dtype=torch.bool)
+            keep[border[out]] = False
+            image = image[keep]
+            found -= torch.bincount(i[out] - a0, minlength=a1 - a0)
+        edges.reserve(image.numel(), int(totals[a0:a1].sum()))
+        size = edges.size + image.numel()
+        i = torch.repeat_interleave(found, output_size=image.numel()) + a0 if wrapped_any else None
         pairs(i, image, edges.j(edges.size, size), edges.shifts[edges.size:size])
-        edges.per_atom[a0:a1] = torch.bincount(i - a0, minlength=a1 - a0)
+        edges.per_atom[a0:a1] = found
         edges.size = size
     return edges.result()
 
 
-def _candidates(first_atom, start, count, wrapped, image_pos, n_images, cutoff):
+def _candidates(start, count, wrapped, image_pos, n_images, cutoff):
     """Measure the candidate pairs of some consecutive atoms; keep those within the cutoff.
 
-    start, count ``(A, R)``: for each of ``A`` atoms numbered from ``first_atom``, ``R``
-    contiguous ranges of sorted images.  wrapped ``(3, N)``: atom coordinates.  image_pos
-    ``(3, M + pad)``: coordinates of the ``M = n_images`` sorted images, then points at
-    infinity (``pad`` above any atom's number of candidates).  Returns ``(i, image, d2)``, each
-    ``(P,)``: atom index, sorted image index and squared distance (``< cutoff ** 2``) of the
-    pairs found, ordered by ``i``.  The results live in scratch space, valid until the next call.
+    start, count ``(A, R)``: for each of the ``A`` atoms, ``R`` contiguous ranges of sorted
+    images.  wrapped ``(3, A)``: the atoms' coordinates.  image_pos ``(3, M + pad)``:
+    coordinates of the ``M = n_images`` sorted images, then points at infinity (``pad`` above
+    any atom's number of candidates).  Returns ``(image, d2, found)``: sorted image index and
+    squared distance (``< cutoff ** 2``), each ``(P,)``, of the pairs found, ordered by atom;
+    and ``found`` ``(A,)`` int64, how many pairs each atom has.  ``image`` and ``d2`` live in
+    scratch space, valid until the next call.
 
     Each atom's candidates are laid out in consecutive rows of a ``(rows, width)`` matrix (one
     row for most atoms, several for the few with many candidates), padded up to the end of the
     atom's last row with points at infinity; ``width`` is chosen to waste little padding.
     """
     device, dtype = start.device, image_pos.dtype
-    n_atoms, n_ranges = count.shape
+    n_atoms = count.shape[0]
     total = count.sum(dim=1)
     width = _row_width(total)
     rows = torch.div(total + width - 1, width, rounding_mode="floor").clamp_(min=1)
@@ -515,8 +549,7 @@ def _candidates(first_atom, start, count, wrapped, image_pos, n_images, cutoff):
     for c in range(3):
         out = d2 if c == 0 else d
         torch.index_select(image_pos[c], 0, image, out=out)
-        out.view(n_rows, width).sub_(wrapped[c, first_atom:first_atom + n_atoms]
-                                     .index_select(0, row_atom)[:, None])
+        out.view(n_rows, width).sub_(wrapped[c].index_select(0, row_atom)[:, None])
         if c == 0:
             d2.mul_(d2)
         else:
@@ -525,21 +558,23 @@ def _candidates(first_atom, start, count, wrapped, image_pos, n_images, cutoff):
     keep = torch.nonzero(inside, out=scratch("keep", 0, torch.int64, device)).view(-1)
     found_image = torch.index_select(image, 0, keep, out=scratch("found", 0, torch.int32, device))
     found_d2 = torch.index_select(d2, 0, keep, out=scratch("found_d2", 0, dtype, device))
-    keep.div_(width, rounding_mode="floor")
-    found_i = torch.index_select(row_atom, 0, keep, out=scratch("found_i", 0, torch.int64, device))
-    found_i += first_atom
-    return found_i, found_image, found_d2
+    found_end = torch.searchsorted(keep, row_end * width)  # pairs of this atom and earlier ones
+    return found_image, found_d2, torch.diff(found_end, prepend=found_end.new_zeros(1))
 
 
 def _row_width(total):
-    """Row width for candidate counts ``total`` ``(A,)`` that wastes little padding: the
-    largest count (one row per atom), unless rows about the mean count pad much less."""
-    largest, mean = int(total.max()), float(total.sum()) / total.numel()
-    widths = torch.tensor(sorted({max(1, largest), max(1, math.ceil(1.5 * mean)),
-                                  max(1, math.ceil(mean))}), device=total.device)
-    padded = (torch.div(total[:, None] + widths - 1, widths, rounding_mode="floor").clamp_(min=1)
-              * widths).sum(dim=0)
-    return int(widths[int(torch.argmin(padded))])
+    """Row width for candidate counts ``total`` ``(A,)``: of ``_ROW_WIDTHS`` widths from an
+    eighth of the largest count to the largest, the one with the fewest slots (padding
+    included) plus ``_ROW_COST`` slots per row."""
+    histogram = torch.bincount(total)
+    values = torch.nonzero(histogram).squeeze(1)  # the distinct counts
+    atoms = histogram.index_select(0, values)
+    largest = max(1, int(values[-1]))
+    widths = torch.linspace(max(1, largest / 8), largest, _ROW_WIDTHS, dtype=torch.float64,
+                            device=total.device).ceil_().to(torch.int64)
+    rows = torch.div(values[:, None] + widths - 1, widths, rounding_mode="floor").clamp_(min=1)
+    cost = (rows * atoms[:, None]).sum(dim=0) * (widths + _ROW_COST)
+    return int(widths[int(torch.argmin(cost))])
 
 
 def cell_list(positions, cell, pbc, cutoff, self_interaction=False, max_bins=None):
