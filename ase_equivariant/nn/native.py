@@ -89,12 +89,12 @@ class Kernels:
         for pair in self._functions.values():
             for function in pair:
                 function.restype = None
-        self._pool = None
+        self._pool, self._pool_pid = None, None
 
     def _ranges(self, n: int, work: int):
         """Receiver ranges covering ``0 .. n-1``, one per thread: as many as torch's thread count
         allows and there is ``work`` (multiply-adds) to share."""
-        threads = max(1, min(torch.get_num_threads(), n, work // 200_000))
+        threads = max(1, min(self.threads(), n, work // 200_000))
         bounds = [n * t // threads for t in range(threads + 1)]
         return list(zip(bounds[:-1], bounds[1:]))
 
@@ -104,8 +104,9 @@ class Kernels:
         if len(calls) == 1:
             function(*calls[0])
             return
-        if self._pool is None or self._pool._max_workers < len(calls) - 1:
-            self._pool = concurrent.futures.ThreadPoolExecutor(len(calls) - 1)
+        # a new pool in a forked child: the parent's worker threads do not exist there
+        if self._pool is None or self._pool._max_workers < len(calls) - 1 or self._pool_pid != os.getpid():
+            self._pool, self._pool_pid = concurrent.futures.ThreadPoolExecutor(len(calls) - 1), os.getpid()
         futures = [self._pool.submit(function, *call) for call in calls[1:]]
         function(*calls[0])
         for future in futures:
@@ -137,7 +138,7 @@ class Kernels:
 
     @staticmethod
     def threads() -> int:
-        """The most threads a call may use."""
+        """The most threads a call may use: torch's number of threads."""
         return torch.get_num_threads()
 
 
