@@ -129,32 +129,3 @@ def test_radial_weights_formed_again_in_the_backward_pass_give_the_same_results(
     monkeypatch.setattr(convolution, "KEPT_WEIGHTS_BYTES", 0)
     for got, want in zip(results(model, atoms), reference):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-13)
-
-
-@requires_kernels
-def test_a_forked_child_computes_in_parallel_too(two_threads, monkeypatch):
-    """The kernels' worker threads do not survive a fork; a child process (multiprocessing's
-    'fork' start method) must start its own pool, not wait forever for the parent's. (torch's
-    own OpenMP threads hang in such a child, so the child runs torch on one thread and only the
-    kernels on two.)"""
-    import multiprocessing
-    model = random_model(species=(8, 13, 29), channels=32, num_blocks=2, seed=4)
-    atoms = structure().repeat((2, 2, 1))  # enough work for two threads
-    energy = results(model, atoms)[0].sum()
-    assert native.kernels()._pool is not None  # the parent's pool has a worker thread
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-
-    def child():
-        torch.set_num_threads(1)
-        monkeypatch.setattr(native.Kernels, "threads", staticmethod(lambda: 2))
-        queue.put(float(results(model, atoms)[0].sum()))
-
-    process = context.Process(target=child)
-    process.start()
-    process.join(timeout=120)
-    alive = process.is_alive()
-    if alive:
-        process.kill()
-    assert not alive, "the forked child hung"
-    assert queue.get(timeout=5) == pytest.approx(energy, abs=1e-12)

@@ -16,8 +16,9 @@
  *   Q[i, q_off + ((m2*paths + p)*d1 + m1)*mul + u]
  *       = sum_k Y[e, y_off+m2] * R[rows[e], w_off + p*mul + u] * x[s_e, x_off + m1*mul + u].
  *
- * Both kernels work on receivers r0 .. r1-1, so that callers can split a block between threads;
- * outputs of different receivers never overlap. The inner loops run over tiles of channels u
+ * Both kernels share the receivers of a block among `threads` OpenMP threads. Loaded into a
+ * process that has torch, the library uses torch's own OpenMP runtime (libgomp.so.1 is already
+ * there), so its threads are the ones torch's operations just ran on. The inner loops run over tiles of channels u
  * with the d2 rows of a tile held in registers (d2 is made a compile-time constant for
  * d2 = 1, 3, 5, 7, the spherical harmonics up to l = 3).
  *
@@ -26,6 +27,12 @@
 #ifndef T
 #include <stdint.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#define THREAD omp_get_thread_num()
+#else
+#define THREAD 0
+#endif
 
 #define INLINE static inline __attribute__((always_inline))
 #define CAT_(a, b) a##_##b
@@ -164,13 +171,14 @@ INLINE void CAT(backward_group, SUFFIX)(
     }
 }
 
-/* Q[i] for receivers r0 .. r1-1 (overwritten). */
+/* Q[i] for receivers 0 .. n-1 (overwritten). */
 void CAT(message_sums, SUFFIX)(
-    int64_t r0, int64_t r1, int64_t K, const int64_t *counts, const int64_t *senders,
+    int64_t n, int threads, int64_t K, const int64_t *counts, const int64_t *senders,
     const T *Y, int64_t S, const T *R, const int64_t *rows, int64_t W, const T *x, int64_t D,
     const group_t *groups, int64_t n_groups, T *Q, int64_t QD)
 {
-    for (int64_t i = r0; i < r1; ++i) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
         T *q = Q + i * QD;
         for (int64_t gi = 0; gi < n_groups; ++gi) {
             const group_t g = groups[gi];
@@ -187,17 +195,18 @@ void CAT(message_sums, SUFFIX)(
     }
 }
 
-/* Given G = dL/dQ (n, QD), for receivers r0 .. r1-1: dL/dY (n*K, S) and dL/dR (n*K, W, one
- * row per slot)
- * (overwritten; zero for empty slots), and dL/dx added to grad_x (N, D), the rows of the senders
- * (so threads need grad_x arrays of their own). */
+/* Given G = dL/dQ (n, QD), for receivers 0 .. n-1: dL/dY (n*K, S) and dL/dR (n*K, W, one
+ * row per slot), overwritten (zero for empty slots), and dL/dx added to the senders' rows of
+ * grad_x (threads, N, D), an array for each thread. */
 void CAT(message_sums_backward, SUFFIX)(
-    int64_t r0, int64_t r1, int64_t K, const int64_t *counts, const int64_t *senders,
-    const T *Y, int64_t S, const T *R, const int64_t *rows, int64_t W, const T *x, int64_t D,
+    int64_t n, int threads, int64_t K, const int64_t *counts, const int64_t *senders,
+    const T *Y, int64_t S, const T *R, const int64_t *rows, int64_t W, const T *x, int64_t N, int64_t D,
     const group_t *groups, int64_t n_groups, const T *G, int64_t QD,
     T *grad_Y, T *grad_R, T *grad_x)
 {
-    for (int64_t i = r0; i < r1; ++i) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+        T *grad_x_thread = grad_x + (int64_t)THREAD * N * D;
         memset(grad_Y + i * K * S, 0, sizeof(T) * K * S);
         /* columns of R of no group, and empty slots, get zero */
         memset(grad_R + i * K * W, 0, sizeof(T) * K * W);
@@ -206,7 +215,7 @@ void CAT(message_sums_backward, SUFFIX)(
             for (int64_t gi = 0; gi < n_groups; ++gi) {
                 const group_t g = groups[gi];
 #define BACKWARD(D2, D1) CAT(backward_group, SUFFIX)(g, D2, D1, Y + e * S + g.y_off, R + (rows ? rows[e] : e) * W, \
-    x + senders[e] * D, G + i * QD, grad_Y + e * S + g.y_off, grad_R + e * W, grad_x + senders[e] * D)
+    x + senders[e] * D, G + i * QD, grad_Y + e * S + g.y_off, grad_R + e * W, grad_x_thread + senders[e] * D)
 #define BACKWARD_D1(D2) switch (g.d1) { \
                     case 1: BACKWARD(D2, 1); break; \
                     case 3: BACKWARD(D2, 3); break; \

@@ -8,7 +8,6 @@ with (``$CC`` overrides it) into a cache folder (``$ASE_EQUIVARIANT_CACHE``, els
 Where no compiler works, or with ``ASE_EQUIVARIANT_NATIVE=0``, :func:`kernels` returns ``None``
 and the convolution uses its pure-torch path, which computes the same numbers.
 """
-import concurrent.futures
 import ctypes
 import functools
 import hashlib
@@ -26,7 +25,8 @@ import torch
 
 SOURCE = Path(__file__).with_name("message_sums.c")
 #: flags for the build; the first set is tried first, the second where the compiler rejects it
-FLAGS = (["-O3", "-march=native", "-ffp-contract=fast"], ["-O3"])
+FLAGS = (["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"], ["-O3", "-ffp-contract=fast", "-fopenmp"],
+         ["-O3"])
 
 
 def _cache_dir() -> Path:
@@ -76,7 +76,7 @@ def _build(target: Path):
 
 class Kernels:
     """The loaded library: :meth:`forward` and :meth:`backward` for float32 and float64 arrays,
-    split over torch's number of threads (ctypes releases the GIL during each call)."""
+    on up to torch's number of threads (OpenMP; ctypes releases the GIL during each call)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -89,28 +89,11 @@ class Kernels:
         for pair in self._functions.values():
             for function in pair:
                 function.restype = None
-        self._pool, self._pool_pid = None, None
 
-    def _ranges(self, n: int, work: int):
-        """Receiver ranges covering ``0 .. n-1``, one per thread: as many as torch's thread count
-        allows and there is ``work`` (multiply-adds) to share."""
-        threads = max(1, min(self.threads(), n, work // 200_000))
-        bounds = [n * t // threads for t in range(threads + 1)]
-        return list(zip(bounds[:-1], bounds[1:]))
-
-    def _run(self, function, ranges, args, per_range=None):
-        """``function(r0, r1, *args, *per_range[t])`` for every range ``t``, in parallel."""
-        calls = [(_i64(r0), _i64(r1), *args, *(per_range[t] if per_range else ())) for t, (r0, r1) in enumerate(ranges)]
-        if len(calls) == 1:
-            function(*calls[0])
-            return
-        # a new pool in a forked child: the parent's worker threads do not exist there
-        if self._pool is None or self._pool._max_workers < len(calls) - 1 or self._pool_pid != os.getpid():
-            self._pool, self._pool_pid = concurrent.futures.ThreadPoolExecutor(len(calls) - 1), os.getpid()
-        futures = [self._pool.submit(function, *call) for call in calls[1:]]
-        function(*calls[0])
-        for future in futures:
-            future.result()
+    def _threads(self, n: int, work: int) -> int:
+        """Threads for ``n`` receivers and ``work`` multiply-adds: up to torch's number of
+        threads, and no more than there is work to share."""
+        return max(1, min(self.threads(), n, work // 200_000))
 
     def forward(self, counts, senders, sh, weights, rows, x, groups, out, work: int):
         """``out (n, QD)`` ← the message sums of a block (see ``message_sums.c``); ``sh (n, K, S)``,
@@ -118,23 +101,26 @@ class Kernels:
         ``n*K`` rows), ``x (N, D)``, ``counts (n,)`` and ``senders (n*K,)`` int64, ``groups (G, 8)``
         int32; all contiguous CPU tensors, the float ones of one dtype."""
         n, k, s = sh.shape
-        args = (_i64(k), _ptr(counts), _ptr(senders), _ptr(sh), _i64(s), _ptr(weights), _ptr(rows), _i64(weights.shape[1]),
-                _ptr(x), _i64(x.shape[1]), _ptr(groups), _i64(groups.shape[0]), _ptr(out), _i64(out.shape[1]))
-        self._run(self._functions[x.dtype][0], self._ranges(n, work), args)
+        self._functions[x.dtype][0](
+            _i64(n), ctypes.c_int(self._threads(n, work)), _i64(k), _ptr(counts), _ptr(senders), _ptr(sh), _i64(s),
+            _ptr(weights), _ptr(rows), _i64(weights.shape[1]), _ptr(x), _i64(x.shape[1]), _ptr(groups),
+            _i64(groups.shape[0]), _ptr(out), _i64(out.shape[1]))
 
     def backward(self, counts, senders, sh, weights, rows, x, groups, grad_out, grad_sh, grad_weights, grad_x,
                  work: int):
         """The gradients of a block's message sums, given ``grad_out (n, QD)``: with respect to
-        ``sh`` and each slot's weights, written into ``grad_sh (n, K, S)`` and ``grad_weights (n*K, W)``,
-        and with respect to ``x``, added to ``grad_x`` ``(T, N, D)``, one array for each thread
-        that may run (``T`` = :meth:`threads`), to be summed by the caller."""
+        ``sh`` and each slot's weights, written into ``grad_sh (n, K, S)`` and
+        ``grad_weights (n*K, W)``, and with respect to ``x``, added into ``grad_x`` ``(T, N, D)``,
+        one array for each thread that may run (``T`` = :meth:`threads`), to be summed by the
+        caller."""
         n, k, s = sh.shape
-        args = (_i64(k), _ptr(counts), _ptr(senders), _ptr(sh), _i64(s), _ptr(weights), _ptr(rows),
-                _i64(weights.shape[1]), _ptr(x), _i64(x.shape[1]), _ptr(groups), _i64(groups.shape[0]), _ptr(grad_out),
-                _i64(grad_out.shape[1]), _ptr(grad_sh), _ptr(grad_weights))
-        ranges = self._ranges(n, work)
-        assert len(ranges) <= grad_x.shape[0]
-        self._run(self._functions[x.dtype][1], ranges, args, [(_ptr(grad_x[t]),) for t in range(len(ranges))])
+        threads = self._threads(n, work)
+        assert threads <= grad_x.shape[0]
+        self._functions[x.dtype][1](
+            _i64(n), ctypes.c_int(threads), _i64(k), _ptr(counts), _ptr(senders), _ptr(sh), _i64(s), _ptr(weights),
+            _ptr(rows), _i64(weights.shape[1]), _ptr(x), _i64(x.shape[0]), _i64(x.shape[1]), _ptr(groups),
+            _i64(groups.shape[0]), _ptr(grad_out), _i64(grad_out.shape[1]), _ptr(grad_sh), _ptr(grad_weights),
+            _ptr(grad_x))
 
     @staticmethod
     def threads() -> int:
