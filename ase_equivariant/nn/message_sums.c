@@ -1,8 +1,9 @@
 /* Fused CPU kernels of the convolution's message sums and their first derivatives.
  *
- * Built on first use by ase_equivariant/nn/native.py (plain C99, no Python or torch headers) and
- * called through ctypes on contiguous arrays; the pure-torch path in convolution.py computes the
- * same numbers and is used where this library cannot be built.
+ * Built on first use by ase_equivariant/nn/native.py (C with GCC's vector extensions;
+ * no Python or torch headers) and called through ctypes on contiguous arrays; the
+ * pure-torch path in convolution.py computes the same numbers and is used where this library
+ * cannot be built.
  *
  * A block holds receivers 0 .. n-1 with K slots each (row-major (n, K) tables); receiver i's
  * edges are in its first counts[i] slots. Per slot e = i*K + k:
@@ -18,9 +19,9 @@
  *
  * Both kernels share the receivers of a block among `threads` OpenMP threads. Loaded into a
  * process that has torch, the library uses torch's own OpenMP runtime (libgomp.so.1 is already
- * there), so its threads are the ones torch's operations just ran on. The inner loops run over tiles of channels u
- * with the d2 rows of a tile held in registers (d2 is made a compile-time constant for
- * d2 = 1, 3, 5, 7, the spherical harmonics up to l = 3).
+ * there), so its threads are the ones torch's operations just ran on. The inner loops run over
+ * tiles of channels u with the rows of a tile held in registers; d2 (and d1 in the backward
+ * pass) are made compile-time constants for 1, 3, 5 and 7 (l up to 3).
  *
  * The file is compiled once: it includes itself twice, for float (suffix f32) and double (f64).
  */
@@ -38,13 +39,13 @@
 #define CAT_(a, b) a##_##b
 #define CAT(a, b) CAT_(a, b)
 /* the largest d1 and d2 (2l+1 of an input block and of the spherical harmonics): l <= 7 */
-#define MAX_D2 15
+#define MAX_DIM 15
 
 typedef struct {
     int y_off, d2, x_off, d1, mul, paths, w_off, q_off;
 } group_t;
 
-int max_dim(void) { return MAX_D2; }
+int max_dim(void) { return MAX_DIM; }
 
 #define T float
 #define SUFFIX f32
@@ -81,7 +82,7 @@ INLINE void CAT(forward_group, SUFFIX)(
             const int64_t r_col = g.w_off + (int64_t)p * g.mul, x_col = g.x_off + (int64_t)m1 * g.mul;
             int u0 = 0;
             for (; u0 + TF <= g.mul; u0 += TF) {
-                VF acc[MAX_D2];
+                VF acc[MAX_DIM];
                 for (int m2 = 0; m2 < D2; ++m2) acc[m2] = (VF){0};
                 for (int64_t k = 0; k < count; ++k) {
                     const int64_t e = i * K + k;
@@ -93,7 +94,7 @@ INLINE void CAT(forward_group, SUFFIX)(
                 for (int m2 = 0; m2 < D2; ++m2) *(VF *)(qpm + m2 * row + u0) = acc[m2];
             }
             for (; u0 < g.mul; ++u0) { /* channels left over when mul is no multiple of TF */
-                T acc[MAX_D2] = {0};
+                T acc[MAX_DIM] = {0};
                 for (int64_t k = 0; k < count; ++k) {
                     const int64_t e = i * K + k;
                     const T z = R[(rows ? rows[e] : e) * W + r_col + u0] * x[senders[e] * D + x_col + u0];
@@ -117,12 +118,12 @@ INLINE void CAT(backward_group, SUFFIX)(
     T *gy, T *gr, T *gx)
 {
     const int64_t row = (int64_t)g.paths * g.d1 * g.mul;
-    VB acc[MAX_D2];
-    T tail[MAX_D2];
+    VB acc[MAX_DIM];
+    T tail[MAX_DIM];
     for (int m2 = 0; m2 < D2; ++m2) { acc[m2] = (VB){0}; tail[m2] = 0; }
     int u0 = 0;
     for (; u0 + TB <= g.mul; u0 += TB) {
-        VB xv[MAX_D2], gxv[MAX_D2];
+        VB xv[MAX_DIM], gxv[MAX_DIM];
         for (int m1 = 0; m1 < D1; ++m1) {
             xv[m1] = *(const VB *)(xs + g.x_off + (int64_t)m1 * g.mul + u0);
             gxv[m1] = (VB){0};

@@ -2,11 +2,12 @@
 
 The convolution's message sums are many small products over each edge's features; in torch they
 are a dozen passes over per-edge arrays, in C one pass with everything in cache. The C file needs
-no Python or torch headers: it is compiled once per machine with the C compiler Python was built
-with (``$CC`` overrides it) into a cache folder (``$ASE_EQUIVARIANT_CACHE``, else
-``$XDG_CACHE_HOME/ase-equivariant``, else ``~/.cache/ase-equivariant``), which takes about a second.
-Where no compiler works, or with ``ASE_EQUIVARIANT_NATIVE=0``, :func:`kernels` returns ``None``
-and the convolution uses its pure-torch path, which computes the same numbers.
+no Python or torch headers: it is compiled once per machine and processor (``-march=native``,
+OpenMP) with the C compiler Python was built with (``$CC`` overrides it) into a cache folder
+(``$ASE_EQUIVARIANT_CACHE``, else ``$XDG_CACHE_HOME/ase-equivariant``, else
+``~/.cache/ase-equivariant``), which takes about a second. Where no compiler works, or with
+``ASE_EQUIVARIANT_NATIVE=0``, :func:`kernels` returns ``None`` and the convolution uses its
+pure-torch path, which computes the same numbers.
 """
 import ctypes
 import functools
@@ -24,7 +25,7 @@ from typing import Optional
 import torch
 
 SOURCE = Path(__file__).with_name("message_sums.c")
-#: flags for the build; the first set is tried first, the second where the compiler rejects it
+#: flags for the build, tried in order until the compiler accepts a set
 FLAGS = (["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"], ["-O3", "-ffp-contract=fast", "-fopenmp"],
          ["-O3"])
 
