@@ -1,6 +1,6 @@
 """The ASE calculator: energies, forces and stresses of a pretrained equivariant potential."""
 import os
-from typing import Optional, Union
+from typing import Union
 
 import numpy as np
 import torch
