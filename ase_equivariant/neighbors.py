@@ -36,8 +36,8 @@ _ROW_WIDTHS = 32
 _ROW_COST = 4
 # Edges measured per step by the exact cutoff test (~80 bytes of scratch space each).
 _EDGES_PER_CHUNK = 1 << 16
-# Periodic images the cell list may consider (it indexes them with int32).
-_MAX_IMAGES = 1 << 30
+# Periodic images the cell list may consider (~100 bytes of memory each while the grid is built).
+_MAX_IMAGES = 1 << 25
 # Lower bound of |det| of the unit periodic cell vectors (the sine of the angle for two vectors).
 _MIN_NORMALISED_VOLUME = 1e-8
 
@@ -259,6 +259,27 @@ def _image_reach(pbc, n, m):
     return [math.ceil(mk / nk) if periodic else 0 for periodic, nk, mk in zip(pbc, n, m)]
 
 
+def _image_shifts(bins, pbc, n, m):
+    """The lattice shifts along each axis that bring an atom's image into the grid padded by ``m``
+    bins: per axis ``k``, ``shifts`` ``(2 r_k + 1,)`` and ``valid`` ``(N, 2 r_k + 1)`` bool, and
+    the images' unpadded bin coordinates ``(N, 2 r_k + 1)``."""
+    reach = _image_reach(pbc, n, m)
+    shifts, valid, coords = [], [], []
+    for k in range(3):
+        shift = torch.arange(-reach[k], reach[k] + 1, device=bins.device)
+        coord = bins[:, k, None] + shift * n[k]  # (N, 2 reach + 1)
+        shifts.append(shift)
+        valid.append((coord >= -m[k]) & (coord < n[k] + m[k]))
+        coords.append(coord)
+    return shifts, valid, coords
+
+
+def _image_count(bins, pbc, n, m) -> int:
+    """How many periodic images :func:`_images` returns (without forming them)."""
+    _, valid, _ = _image_shifts(bins, pbc, n, m)
+    return int((valid[0].sum(1) * valid[1].sum(1) * valid[2].sum(1)).sum())
+
+
 def _images(bins, pbc, n, m, stride):
     """All periodic images whose bin lies in the grid padded by ``m`` bins on each side.
 
@@ -267,15 +288,9 @@ def _images(bins, pbc, n, m, stride):
     bin index, lattice shift of each image, and whether it is the atom itself (zero shift).
     Padding along a non-periodic axis stays empty.
     """
-    device = bins.device
     reach = _image_reach(pbc, n, m)
-    valid, keys, shifts = [], [], []
-    for k in range(3):
-        shift = torch.arange(-reach[k], reach[k] + 1, device=device)
-        coord = bins[:, k, None] + shift * n[k]  # (N, 2 reach + 1)
-        valid.append((coord >= -m[k]) & (coord < n[k] + m[k]))
-        keys.append(((coord + m[k]) * stride[k]).view(-1))
-        shifts.append(shift)
+    shifts, valid, coords = _image_shifts(bins, pbc, n, m)
+    keys = [((coords[k] + m[k]) * stride[k]).view(-1) for k in range(3)]
     inside = valid[0][:, :, None, None] & valid[1][:, None, :, None] & valid[2][:, None, None, :]
     atom, *which = torch.nonzero(inside, as_tuple=True)
     key = sum(keys[k].index_select(0, atom * len(shifts[k]) + which[k]) for k in range(3))
@@ -449,10 +464,10 @@ def _cell_list(positions, cell, pbc, basis, cutoff, self_interaction, max_bins):
     frac = positions.to(torch.float64) @ inv.to(device)
     bins, wraps, n, m, strip, window = _bins(frac, pbc, heights, (cutoff + margin) * 1.001,
                                              max_bins)
-    most_images = n_atoms * math.prod(2 * r + 1 for r in _image_reach(pbc, n, m))
-    if most_images > _MAX_IMAGES:
-        raise ValueError(f"cutoff {cutoff} Å spans too many periodic images (up to "
-                         f"{most_images}) of a cell this thin: heights {heights} Å")
+    images = _image_count(bins, pbc, n, m)
+    if images > _MAX_IMAGES:
+        raise ValueError(f"cutoff {cutoff} Å spans too many periodic images ({images}, more than "
+                         f"{_MAX_IMAGES}) of a cell this thin: heights {heights} Å")
     grid = _Grid(bins, window, pbc, n, m, strip)
     wrapped = positions - wraps.to(dtype) @ cell
     origin = wrapped.min(dim=0).values  # keeps the coordinates small

@@ -435,6 +435,8 @@ GOOD = dict(positions=torch.zeros(2, 3, dtype=torch.float64), cell=torch.eye(3) 
     (dict(cutoff=float("inf")), "cutoff must be a finite positive number"),
     (dict(cutoff="5"), "cutoff must be a finite positive number"),
     (dict(cell=torch.eye(3) * 0.01, cutoff=10.0), "spans too many periodic images"),
+    # ~39 million images: refused before any is formed (it used to try, with ~4 GB)
+    (dict(cell=torch.eye(3) * 0.015), "spans too many periodic images"),
 ])
 def test_bad_input_raises_naming_the_problem(change, message):
     args = {**GOOD, **change}
