@@ -51,6 +51,7 @@ def results(model, atoms):
     (8, 2, False, 2048),   # float32: every channel in the remainder loop (fewer than a vector)
     (20, 3, True, 2048),   # whole vectors and a remainder; d2 = 7 (l = 3); odd and even irreps
     (32, 1, False, 40),    # several blocks per convolution
+    (12, 4, True, 2048),   # l = 4: d1 = d2 = 9, the kernels' branch without compile-time sizes
 ])
 def test_compiled_kernels_equal_the_torch_path(dtype, channels, lmax, parity, block, two_threads):
     model = random_model(species=(8, 13, 29), channels=channels, lmax=lmax, num_blocks=3, parity=parity,
