@@ -353,8 +353,12 @@ def make_calculator(args):
 def _machine(calc, model: str) -> str:
     import torch
     threads = torch.get_num_threads()
+    kernels = ""
+    if calc.device.type == "cpu":
+        from .nn import native
+        kernels = ", compiled kernels" if native.kernels() is not None else ", pure-torch convolution"
     return (f"model {model} ({str(calc.dtype).replace('torch.', '')}, {calc.device}, "
-            f"{threads} torch thread{'s' if threads != 1 else ''})")
+            f"{threads} torch thread{'s' if threads != 1 else ''}{kernels})")
 
 
 def _seed(args) -> int:

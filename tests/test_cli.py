@@ -234,6 +234,7 @@ def test_bench_prints_a_timing_table(capsys):
     code, out, err = run(capsys, "bench", "--repeats", 1, "--calls", 2, "--md-steps", 2)
     assert code == 0, err
     assert "1 torch thread" in out and "torch " in out
+    assert "compiled kernels" in out or "pure-torch convolution" in out
     row = [line.split() for line in out.splitlines() if line.split() and line.split()[0] == "4"]
     assert len(row) == 1  # 4 atoms: the cubic fcc cell
     per_call, steps_per_s = float(row[0][4]), float(row[0][-1])  # 4 42.0 0.05 s 0.04 s ... 20.1
