@@ -261,8 +261,9 @@ def _image_reach(pbc, n, m):
 
 def _image_shifts(bins, pbc, n, m):
     """The lattice shifts along each axis that bring an atom's image into the grid padded by ``m``
-    bins: per axis ``k``, ``shifts`` ``(2 r_k + 1,)`` and ``valid`` ``(N, 2 r_k + 1)`` bool, and
-    the images' unpadded bin coordinates ``(N, 2 r_k + 1)``."""
+    bins: per axis ``k``, ``shifts`` ``(2 r_k + 1,)`` (``r_k`` from :func:`_image_reach`) and
+    ``valid`` ``(N, 2 r_k + 1)`` bool, and the images' unpadded bin coordinates
+    ``(N, 2 r_k + 1)``; the three as lists over the axes."""
     reach = _image_reach(pbc, n, m)
     shifts, valid, coords = [], [], []
     for k in range(3):
@@ -274,22 +275,23 @@ def _image_shifts(bins, pbc, n, m):
     return shifts, valid, coords
 
 
-def _image_count(bins, pbc, n, m) -> int:
-    """How many periodic images :func:`_images` returns (without forming them)."""
-    _, valid, _ = _image_shifts(bins, pbc, n, m)
+def _image_count(image_shifts) -> int:
+    """How many periodic images :func:`_images` forms from ``image_shifts`` (see
+    :func:`_image_shifts`), without forming them."""
+    _, valid, _ = image_shifts
     return int((valid[0].sum(1) * valid[1].sum(1) * valid[2].sum(1)).sum())
 
 
-def _images(bins, pbc, n, m, stride):
+def _images(image_shifts, m, stride):
     """All periodic images whose bin lies in the grid padded by ``m`` bins on each side.
 
-    bins ``(N, 3)``: bin coordinates of the atoms; stride: of the linearised padded grid.
+    image_shifts: of the atoms (see :func:`_image_shifts`); stride: of the linearised padded grid.
     Returns ``(atom, key, shift, own)``, each ``(M,)`` or ``(M, 3)``: atom index, padded-grid
     bin index, lattice shift of each image, and whether it is the atom itself (zero shift).
     Padding along a non-periodic axis stays empty.
     """
-    reach = _image_reach(pbc, n, m)
-    shifts, valid, coords = _image_shifts(bins, pbc, n, m)
+    shifts, valid, coords = image_shifts
+    reach = [len(shift) // 2 for shift in shifts]
     keys = [((coords[k] + m[k]) * stride[k]).view(-1) for k in range(3)]
     inside = valid[0][:, :, None, None] & valid[1][:, None, :, None] & valid[2][:, None, None, :]
     atom, *which = torch.nonzero(inside, as_tuple=True)
@@ -317,13 +319,13 @@ class _Grid:
       atom's own strip).
     """
 
-    def __init__(self, bins, window, pbc, n, m, strip):
+    def __init__(self, bins, window, image_shifts, n, m, strip):
         device = bins.device
         a, b = [k for k in range(3) if k != strip]
         size = [nk + 2 * mk for nk, mk in zip(n, m)]
         stride = [0, 0, 0]
         stride[strip], stride[a], stride[b] = 1, size[strip], size[strip] * size[a]
-        atom, key, shift, own = _images(bins, pbc, n, m, stride)
+        atom, key, shift, own = _images(image_shifts, m, stride)
         order = torch.argsort(key, stable=True)
         n_bins = math.prod(size)
         self.bin_start = torch.zeros(n_bins + 1, dtype=torch.int64, device=device)
@@ -464,11 +466,12 @@ def _cell_list(positions, cell, pbc, basis, cutoff, self_interaction, max_bins):
     frac = positions.to(torch.float64) @ inv.to(device)
     bins, wraps, n, m, strip, window = _bins(frac, pbc, heights, (cutoff + margin) * 1.001,
                                              max_bins)
-    images = _image_count(bins, pbc, n, m)
+    image_shifts = _image_shifts(bins, pbc, n, m)
+    images = _image_count(image_shifts)
     if images > _MAX_IMAGES:
         raise ValueError(f"cutoff {cutoff} Å spans too many periodic images ({images}, more than "
                          f"{_MAX_IMAGES}) of a cell this thin: heights {heights} Å")
-    grid = _Grid(bins, window, pbc, n, m, strip)
+    grid = _Grid(bins, window, image_shifts, n, m, strip)
     wrapped = positions - wraps.to(dtype) @ cell
     origin = wrapped.min(dim=0).values  # keeps the coordinates small
     image_pos = (wrapped.index_select(0, grid.image_atom) + grid.image_shift.to(dtype) @ cell
