@@ -71,7 +71,7 @@ def edge_pairs(edge_index: torch.Tensor, shifts: torch.Tensor):
     flip = (i > j) | ((i == j) & (first_nonzero < 0))
     a, b = torch.where(flip, j, i), torch.where(flip, i, j)
     s = torch.where(flip.unsqueeze(1), -s, s)
-    reach = int(s.abs().max()) if s.numel() else 0
+    reach = int(s.abs().max())
     span, n = 2 * reach + 1, int(edge_index.max()) + 1
     if n * n * span**3 < 2**62:  # one int64 key per orientation-free edge
         key = ((a * n + b) * span + s[:, 0] + reach) * span**2 + (s[:, 1] + reach) * span + s[:, 2] + reach
