@@ -97,9 +97,10 @@ class _MessageSums(torch.autograd.Function):
     (``Y`` the spherical harmonics, ``x`` the sender features of the edge in slot ``k`` of
     receiver ``i``, ``R`` its radial weights: the radial MLP of its length, formed once per pair
     of reverse edges), then coupled to each path's ``l3``, per atom
-    (:meth:`TensorProductConv._couple`). On the CPU the sums and their gradients are compiled
-    kernels (:mod:`.native`), elsewhere torch operations on the weighted inputs ``z = R x``,
-    block by block of receivers. The backward pass (first derivatives only) differentiates the
+    (:meth:`TensorProductConv._couple`). On the CPU the sums, their coupling and the gradients
+    of both are compiled kernels (:mod:`.native`; the sums of one receiver at a time, in a
+    buffer of the thread), elsewhere torch operations on the weighted inputs ``z = R x``, block
+    by block of receivers. The backward pass (first derivatives only) differentiates the
     radial MLP itself; the radial weights are kept from the forward pass up to
     :data:`KEPT_WEIGHTS_BYTES`, and formed again block by block above it.
 
@@ -123,18 +124,20 @@ class _MessageSums(torch.autograd.Function):
         for block, sh_block in zip(blocks, sh_tables):
             if block.slots == 0:
                 continue
-            sums = work("sums", block.n, conv._sums_width)
             if compiled is not None:
                 weights, rows = _slot_weights(block, hidden, output_matrix, pair_weights, work, gather=False)
-                compiled.forward(block.counts, block.senders, sh_block, weights, rows, x, conv._group_table, sums,
+                compiled.forward(block.counts, block.senders, sh_block, weights, rows, x, conv._group_table,
+                                 conv._path_table, conv._path_coefficients, conv._sums_width,
+                                 out[block.r0:block.r0 + block.n], work("sums", compiled.threads(), conv._sums_width),
                                  work=block.n * block.slots * conv._sums_width)
-            else:
-                weights, _ = _slot_weights(block, hidden, output_matrix, pair_weights, work, gather=True)
-                x_block = _gather(block, x, work)
-                weights = weights.view(block.n, block.slots, -1)
-                for (y_offset, d2, g), q in zip(conv._groups(), conv._split_sums(sums)):
-                    y = sh_block[:, :, y_offset:y_offset + d2].transpose(1, 2)
-                    q.copy_(torch.bmm(y, _weighted_inputs(g, weights, x_block, work)))
+                continue
+            sums = work("sums", block.n, conv._sums_width)
+            weights, _ = _slot_weights(block, hidden, output_matrix, pair_weights, work, gather=True)
+            x_block = _gather(block, x, work)
+            weights = weights.view(block.n, block.slots, -1)
+            for (y_offset, d2, g), q in zip(conv._groups(), conv._split_sums(sums)):
+                y = sh_block[:, :, y_offset:y_offset + d2].transpose(1, 2)
+                q.copy_(torch.bmm(y, _weighted_inputs(g, weights, x_block, work)))
             out[block.r0:block.r0 + block.n] = conv._couple(sums)
         ctx.conv, ctx.blocks, ctx.pair_weights = conv, blocks, pair_weights
         ctx.save_for_backward(x, embedding, *sh_tables)
@@ -144,6 +147,7 @@ class _MessageSums(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):
         conv, blocks, pair_weights = ctx.conv, ctx.blocks, ctx.pair_weights
+        grad_out = grad_out.contiguous()
         x, embedding, *sh_tables = ctx.saved_tensors
         need_embedding = ctx.needs_input_grad[3]
         need_weights = ctx.needs_input_grad[4 + len(blocks):]
@@ -167,14 +171,17 @@ class _MessageSums(torch.autograd.Function):
                 continue
             n, k = block.n, block.slots
             grad_weights = work("grad_weights", n * k, output_matrix.shape[1])  # every column is written
-            grad_sums = conv._couple_transposed(grad_out[block.r0:block.r0 + n])
             if compiled is not None:
                 weights, rows = _slot_weights(block, hidden_d, output_matrix_d, pair_weights, work, gather=False)
+                scratch = work("grad_sums", compiled.threads(), conv._sums_width + conv._path_block)
                 compiled.backward(block.counts, block.senders, sh_block, weights, rows, x, conv._group_table,
-                                  grad_sums, grad_sh_block, grad_weights, grad_x, work=3 * n * k * conv._sums_width)
+                                  conv._path_table, conv._path_coefficients, conv._sums_width,
+                                  grad_out[block.r0:block.r0 + n], scratch, grad_sh_block, grad_weights, grad_x,
+                                  work=3 * n * k * conv._sums_width)
             else:
                 weights, _ = _slot_weights(block, hidden_d, output_matrix_d, pair_weights, work, gather=True)
                 gx_block = work("grad_x", n, k, x.shape[1])
+                grad_sums = conv._couple_transposed(grad_out[block.r0:block.r0 + n])
                 _message_sums_backward(conv, block, sh_block, weights.view(n, k, -1), x, grad_sums,
                                        grad_sh_block, grad_weights.view(n, k, -1), gx_block, work)
                 grad_x.index_add_(0, block.senders, gx_block.view(n * k, -1))
@@ -312,6 +319,9 @@ class TensorProductConv(nn.Module):
         # [path, m3, u]; `_out_columns` puts them in irreps_out order ([u, m3] blocks).
         self._plan, couplings, weight_columns = [], [], []
         out_columns = [None] * len(self.paths)
+        # per path, for message_sums.c: its group, its index in the group, d3, and its
+        # coefficients (d3, d2, d1), in the order of the groups
+        path_rows, coefficients = [None] * len(self.paths), []
         w_offset = sum_offset = 0
         for i_sh, (_, ir_sh) in enumerate(self.irreps_sh):
             groups = []
@@ -329,6 +339,8 @@ class TensorProductConv(nn.Module):
                     cg = wigner_3j(ir_in.l, ir_sh.l, l3, dtype=torch.float64).permute(2, 1, 0) * d3**0.5
                     coupling[row:row + d3, p * d2 * d1:(p + 1) * d2 * d1] = cg.reshape(d3, d2 * d1)
                     out_columns[k] = [sum_offset + (row + m) * mul + u for u in range(mul) for m in range(d3)]
+                    path_rows[k] = [len(couplings), p, d3, sum(c.numel() for c in coefficients)]
+                    coefficients.append(cg.reshape(-1))
                     row += d3
                 couplings.append(coupling)
                 weight_columns += [weight_offsets[k] + u for k in ks for u in range(mul)]
@@ -347,6 +359,17 @@ class TensorProductConv(nn.Module):
         table = [[y_offset, d2, g.x_offset, g.d1, g.mul, g.paths, g.w_offset, sum(self._sum_widths[:k])]
                  for k, (y_offset, d2, g) in enumerate(self._groups())]
         self.register_buffer("_group_table", torch.tensor(table, dtype=torch.int32).view(-1, 8), persistent=False)
+        # per path: group, p, d3, the offset of its [mul, d3] output block, of its coefficients
+        out_offsets = [0]
+        for mul, ir in self.irreps_out:
+            out_offsets.append(out_offsets[-1] + mul * ir.dim)
+        path_table = [[g, p, d3, out_offsets[k], c] for k, (g, p, d3, c) in enumerate(path_rows)]
+        self.register_buffer("_path_table", torch.tensor(path_table, dtype=torch.int32).view(-1, 5), persistent=False)
+        self.register_buffer("_path_coefficients", torch.cat(coefficients) if coefficients else torch.zeros(0,
+                             dtype=torch.float64), persistent=False)
+        #: the largest [d3, mul] block of a path (the compiled backward pass's scratch per thread)
+        self._path_block = max((d3 * self.irreps_in[i_in].mul for (i_in, _, _), (_, _, d3, _) in
+                                zip(self.paths, path_rows)), default=0)
         #: whether CPU calls use the compiled kernels (:mod:`.native`) when they can be built
         self.use_compiled = True
         out_columns = torch.tensor([c for cols in out_columns for c in cols], dtype=torch.long)
