@@ -142,3 +142,33 @@ def test_weight_gradients_match_finite_differences():
         numeric = (up - down) / (2 * h)
         analytic = (grads[name] * direction).sum()
         assert float(abs(numeric - analytic)) <= 1e-6 * max(1.0, float(abs(analytic))), name
+
+
+def test_graphs_alive_at_once_and_retained_graphs_give_the_same_forces():
+    """The radial weights that a call keeps for its backward pass are handed to the next call
+    only after that backward pass: two graphs alive at once, a graph differentiated twice
+    (retain_graph) and a graph dropped without a backward pass all give the forces of a fresh call."""
+    model = random_model(species=(8, 13, 29), channels=8, num_blocks=3, parity=True, seed=3)
+    model.edge_block = 7
+    numbers = torch.tensor(crystal().numbers)
+
+    def graph(seed):
+        atoms = crystal()
+        atoms.rattle(0.05, seed=seed)
+        positions = torch.tensor(atoms.positions, requires_grad=True)
+        cell = torch.tensor(atoms.cell.array)
+        edge_index, shifts = cell_list(positions.detach(), cell, torch.tensor(atoms.pbc), model.cutoff)
+        return model(positions, numbers, edge_index, shifts, cell).sum(), positions
+
+    def forces(seed):
+        energy, positions = graph(seed)
+        return torch.autograd.grad(energy, positions)[0]
+
+    want = [forces(seed) for seed in (1, 2)]
+    first, second = graph(1), graph(2)  # both alive: the second may not share the first's weights
+    graph(3)  # dropped without a backward pass
+    got_second = torch.autograd.grad(second[0], second[1], retain_graph=True)[0]
+    got_first = torch.autograd.grad(first[0], first[1])[0]
+    again = torch.autograd.grad(second[0], second[1])[0]  # weights formed again, block by block
+    for got, reference in ((got_first, want[0]), (got_second, want[1]), (again, want[1]), (forces(2), want[1])):
+        torch.testing.assert_close(got, reference, rtol=0, atol=1e-12)

@@ -21,6 +21,10 @@ from .mlp import RadialMLP
 #: row per edge, in both passes (1.2x slower at 864 atoms), so that memory does not grow with the
 #: number of edges times the layers
 KEPT_WEIGHTS_BYTES = 2**30
+#: kept radial weights up to this size stay with their convolution after the backward pass, for
+#: the next call to write into: touching fresh memory costs page faults (on CPU, the matrix
+#: product into new memory took twice as long at 864 atoms)
+SPARE_WEIGHTS_BYTES = 2**28
 
 
 class EdgeInputs(NamedTuple):
@@ -118,7 +122,7 @@ class _MessageSums(torch.autograd.Function):
         output_matrix = conv.radial.output_matrix(conv._weight_columns)
         hidden = conv.radial.hidden(embedding)
         keep = embedding.shape[0] * output_matrix.shape[1] * x.element_size() <= KEPT_WEIGHTS_BYTES
-        pair_weights = hidden @ output_matrix if keep else None
+        pair_weights = _pair_weights(conv, hidden, output_matrix) if keep else None
         work = functools.partial(_work, x)
         compiled = conv._compiled_kernels(x)
         for block, sh_block in zip(blocks, sh_tables):
@@ -191,6 +195,10 @@ class _MessageSums(torch.autograd.Function):
                 grad_output_matrix.addmm_(hidden_d.index_select(0, block.pairs).t(), grad_weights)
         if compiled is not None:
             grad_x = grad_x.sum(0)
+        if pair_weights is not None:
+            # a second backward pass (retain_graph) forms the weights again, block by block
+            ctx.pair_weights = None
+            _give_back(conv, pair_weights)
         wanted = ([embedding] if need_embedding else []) + hidden_weights
         grads = list(torch.autograd.grad(hidden, wanted, grad_hidden)) if wanted else []
         grad_embedding = grads.pop(0) if need_embedding else None
@@ -199,6 +207,28 @@ class _MessageSums(torch.autograd.Function):
         grad_mlp.append(None if grad_output_matrix is None else
                         torch.autograd.grad(output_matrix, conv.radial.weights[-1], grad_output_matrix)[0])
         return None, None, grad_x, grad_embedding, *grad_sh, *grad_mlp
+
+
+def _pair_weights(conv: "TensorProductConv", hidden, output_matrix):
+    """``hidden @ output_matrix``, the ``(P, W)`` radial weights of the pairs, written into the
+    spare array that the previous call of ``conv`` gave back (see :data:`SPARE_WEIGHTS_BYTES`) if
+    it has one of the same dtype and device large enough."""
+    try:
+        spare = conv._spare_weights.pop()  # atomic: a spare goes to one call only
+    except IndexError:
+        spare = None
+    shape = (hidden.shape[0], output_matrix.shape[1])
+    if spare is None or spare.numel() < math.prod(shape) or (spare.dtype, spare.device) != (hidden.dtype,
+                                                                                         hidden.device):
+        return hidden @ output_matrix
+    return torch.mm(hidden, output_matrix, out=spare[:math.prod(shape)].view(shape))
+
+
+def _give_back(conv: "TensorProductConv", pair_weights):
+    """Keep ``pair_weights``, which nothing uses any more, as ``conv``'s spare array."""
+    if pair_weights.device.type == "cpu" and pair_weights.numel() * pair_weights.element_size() <= \
+            SPARE_WEIGHTS_BYTES and not conv._spare_weights:
+        conv._spare_weights.append(pair_weights.view(-1))
 
 
 def _slot_weights(block: EdgeBlock, hidden, output_matrix, pair_weights, work, gather: bool):
@@ -372,6 +402,9 @@ class TensorProductConv(nn.Module):
                                 zip(self.paths, path_rows)), default=0)
         #: whether CPU calls use the compiled kernels (:mod:`.native`) when they can be built
         self.use_compiled = True
+        #: the radial weights of the last call, when small enough, for the next call to reuse
+        #: (see :func:`_pair_weights`); a list so that taking them is one atomic ``pop``
+        self._spare_weights: List[torch.Tensor] = []
         out_columns = torch.tensor([c for cols in out_columns for c in cols], dtype=torch.long)
         self.register_buffer("_out_columns", out_columns, persistent=False)
         # the inverse permutation: the coupled layout's columns in irreps_out order
