@@ -52,15 +52,16 @@ def _machine_id() -> str:
     return f"{platform.system()} {platform.machine()} {cpu}"
 
 
-def _build(target: Path):
-    """Compile :data:`SOURCE` into the shared library ``target`` (atomically: built in a temporary
-    file of the same folder, then renamed). Raises ``RuntimeError`` with the compiler's message."""
+def _build(target: Path, source: Path = SOURCE):
+    """Compile ``source`` (:data:`SOURCE`, or a variant of it) into the shared library ``target``
+    (atomically: built in a temporary file of the same folder, then renamed). Raises
+    ``RuntimeError`` with the compiler's message."""
     target.parent.mkdir(parents=True, exist_ok=True)
     errors = []
     for flags in FLAGS:
         with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as tmp:
             partial = Path(tmp.name)
-        command = _compiler() + flags + ["-std=gnu99", "-fPIC", "-shared", str(SOURCE), "-o", str(partial)]
+        command = _compiler() + flags + ["-std=gnu99", "-fPIC", "-shared", str(source), "-o", str(partial)]
         try:
             result = subprocess.run(command, capture_output=True, text=True, timeout=120)
         except (OSError, subprocess.SubprocessError) as error:
