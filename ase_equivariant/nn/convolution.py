@@ -177,7 +177,7 @@ class _MessageSums(torch.autograd.Function):
             grad_weights = work("grad_weights", n * k, output_matrix.shape[1])  # every column is written
             if compiled is not None:
                 weights, rows = _slot_weights(block, hidden_d, output_matrix_d, pair_weights, work, gather=False)
-                scratch = work("grad_sums", compiled.threads(), conv._sums_width + conv._path_block)
+                scratch = work("grad_sums", compiled.threads(), conv._sums_width)
                 compiled.backward(block.counts, block.senders, sh_block, weights, rows, x, conv._group_table,
                                   conv._path_table, conv._path_coefficients, conv._sums_width,
                                   grad_out[block.r0:block.r0 + n], scratch, grad_sh_block, grad_weights, grad_x,
@@ -310,7 +310,9 @@ class TensorProductConv(nn.Module):
     applied to the sums, per atom: no per-edge message is ever formed. The radial weights depend
     on the edge length only, so they are formed once per pair of reverse edges. On the CPU the
     sums and their gradients run in compiled kernels (:mod:`.native`); features are channel-last
-    inside (``[2l+1, mul]`` blocks), so the work runs over contiguous channels. The message sums
+    (``[2l+1, mul]`` blocks, as everywhere inside the network), so the work runs over contiguous
+    channels, and the output merges the paths of one irrep into one block (``irreps_out`` is
+    simplified), so the next linear layer is one matrix product per irrep. The message sums
     have a hand-written backward pass: first derivatives (forces, stress) only; differentiating
     twice (Hessians, training on forces) raises an error.
 
@@ -336,7 +338,9 @@ class TensorProductConv(nn.Module):
         super().__init__()
         self.irreps_in = Irreps(irreps_in)
         self.irreps_sh = Irreps(irreps_sh)
-        self.paths, self.irreps_out = convolution_paths(self.irreps_in, self.irreps_sh, lmax_out, even_only)
+        self.paths, path_irreps = convolution_paths(self.irreps_in, self.irreps_sh, lmax_out, even_only)
+        # the output: the paths' channels, those of one irrep merged into one block
+        self.irreps_out = path_irreps.simplify()
         muls = [self.irreps_in[i_in].mul for i_in, _, _ in self.paths]
         self.radial = RadialMLP(list(radial_sizes) + [sum(muls)], act_radial)
         self.register_buffer("denominator", torch.tensor(float(denominator), dtype=torch.float64), persistent=False)
@@ -346,9 +350,18 @@ class TensorProductConv(nn.Module):
         x_offsets = [sum(self._in_dims[:b]) for b in range(len(self._in_dims))]
         # Edge layouts, grouped by sh block, then input block, then path: radial weights
         # [path, u], weighted inputs [path, m1, u]. Per atom, the coupled sums of a group are
-        # [path, m3, u]; `_out_columns` puts them in irreps_out order ([u, m3] blocks).
+        # [path, m3, u]; in the output (channel-last, [m3, channel] per block of irreps_out) a
+        # path's channels follow those of the paths before it with the same irrep: element
+        # (m3, u) of path k at out_start[k] + m3 * out_stride[k] + u.
+        out_start, out_stride, block, previous = [], [], -1, None
+        for mul, ir in path_irreps:
+            if mul > 0 and ir != previous:  # the next block of irreps_out (as simplify() merges)
+                block, previous, channel = block + 1, ir, 0
+            out_start.append(self.irreps_out.slices()[block].start + channel if mul > 0 else 0)
+            out_stride.append(self.irreps_out[block].mul if mul > 0 else 0)
+            channel += mul
         self._plan, couplings, weight_columns = [], [], []
-        out_columns = [None] * len(self.paths)
+        out_columns = [None] * self.irreps_out.dim
         # per path, for message_sums.c: its group, its index in the group, d3, and its
         # coefficients (d3, d2, d1), in the order of the groups
         path_rows, coefficients = [None] * len(self.paths), []
@@ -368,8 +381,11 @@ class TensorProductConv(nn.Module):
                     l3 = self.paths[k][2][0]
                     cg = wigner_3j(ir_in.l, ir_sh.l, l3, dtype=torch.float64).permute(2, 1, 0) * d3**0.5
                     coupling[row:row + d3, p * d2 * d1:(p + 1) * d2 * d1] = cg.reshape(d3, d2 * d1)
-                    out_columns[k] = [sum_offset + (row + m) * mul + u for u in range(mul) for m in range(d3)]
-                    path_rows[k] = [len(couplings), p, d3, sum(c.numel() for c in coefficients)]
+                    for m in range(d3):
+                        for u in range(mul):
+                            out_columns[out_start[k] + m * out_stride[k] + u] = sum_offset + (row + m) * mul + u
+                    path_rows[k] = [len(couplings), p, d3, out_start[k], sum(c.numel() for c in coefficients),
+                                    out_stride[k]]
                     coefficients.append(cg.reshape(-1))
                     row += d3
                 couplings.append(coupling)
@@ -389,42 +405,27 @@ class TensorProductConv(nn.Module):
         table = [[y_offset, d2, g.x_offset, g.d1, g.mul, g.paths, g.w_offset, sum(self._sum_widths[:k])]
                  for k, (y_offset, d2, g) in enumerate(self._groups())]
         self.register_buffer("_group_table", torch.tensor(table, dtype=torch.int32).view(-1, 8), persistent=False)
-        # per path: group, p, d3, the offset of its [mul, d3] output block, of its coefficients
-        out_offsets = [0]
-        for mul, ir in self.irreps_out:
-            out_offsets.append(out_offsets[-1] + mul * ir.dim)
-        path_table = [[g, p, d3, out_offsets[k], c] for k, (g, p, d3, c) in enumerate(path_rows)]
-        self.register_buffer("_path_table", torch.tensor(path_table, dtype=torch.int32).view(-1, 5), persistent=False)
+        # per path with channels: group, p, d3, out_start, the offset of its coefficients, out_stride
+        path_table = [row for row in path_rows if row is not None]
+        self.register_buffer("_path_table", torch.tensor(path_table, dtype=torch.int32).view(-1, 6), persistent=False)
         self.register_buffer("_path_coefficients", torch.cat(coefficients) if coefficients else torch.zeros(0,
                              dtype=torch.float64), persistent=False)
-        #: the largest [d3, mul] block of a path (the compiled backward pass's scratch per thread)
-        self._path_block = max((d3 * self.irreps_in[i_in].mul for (i_in, _, _), (_, _, d3, _) in
-                                zip(self.paths, path_rows)), default=0)
         #: whether CPU calls use the compiled kernels (:mod:`.native`) when they can be built
         self.use_compiled = True
         #: the radial weights of the last call, when small enough, for the next call to reuse
         #: (see :func:`_pair_weights`); a list so that taking them is one atomic ``pop``
         self._spare_weights: List[torch.Tensor] = []
-        out_columns = torch.tensor([c for cols in out_columns for c in cols], dtype=torch.long)
+        out_columns = torch.tensor(out_columns, dtype=torch.long)
         self.register_buffer("_out_columns", out_columns, persistent=False)
         # the inverse permutation: the coupled layout's columns in irreps_out order
         self.register_buffer("_out_rows", torch.argsort(out_columns), persistent=False)
 
     def forward(self, x: torch.Tensor, edges: EdgeInputs) -> torch.Tensor:
         """Node features ``(N, irreps_in.dim)`` and the edges of the call (blocks covering receivers
-        ``0 .. N-1`` in order) → aggregated messages ``(N, irreps_out.dim)``."""
-        x = self._channel_last(x)
+        ``0 .. N-1`` in order) → aggregated messages ``(N, irreps_out.dim)``; both channel-last
+        (blocks ``[2l+1, mul]``)."""
         out = _MessageSums.apply(self, edges.blocks, x, edges.embedding, *edges.sh, *self.radial.weights)
         return out / self.denominator
-
-    def _channel_last(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, irreps_in.dim)`` with blocks ``[mul, 2l+1]`` → the same with blocks ``[2l+1, mul]``."""
-        n = x.shape[0]
-        blocks = [
-            block.reshape(n, mul, ir.dim).transpose(1, 2).reshape(n, -1) if ir.dim > 1 else block
-            for block, (mul, ir) in zip(x.split(self._in_dims, dim=1), self.irreps_in)
-        ]
-        return torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
 
     def _groups(self):
         """``(y_offset, d2, group)`` for every group of the plan, in order: the group's

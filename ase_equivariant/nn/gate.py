@@ -55,16 +55,12 @@ class Gate(nn.Module):
         parity_name = {1: "e", -1: "o"}
         self._scalar_acts = [(mul, act_scalars[parity_name[ir.p]]) for mul, ir in scalars]
         self._gate_act = act_gates[parity_name[gate_parity]]
-        # repeat each gate over the 2l+1 components of its channel
-        self.register_buffer(
-            "_gate_repeat",
-            torch.cat([torch.full((mul,), ir.dim, dtype=torch.long) for mul, ir in gated])
-            if gated else torch.zeros(0, dtype=torch.long),
-            persistent=False,
-        )
+        # features are channel-last ([2l+1, mul] per block): a block's gates multiply each of
+        # its 2l+1 rows
+        self._gated_shapes = [(mul, ir.dim) for mul, ir in gated]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, irreps_in.dim)`` → ``(N, irreps_out.dim)``."""
+        """``(N, irreps_in.dim)`` → ``(N, irreps_out.dim)``, channel-last (blocks ``[2l+1, mul]``)."""
         s = x[:, self._scalar_index]
         if len(self._scalar_acts) == 1:
             s = self._scalar_acts[0][1](s)
@@ -73,9 +69,11 @@ class Gate(nn.Module):
                            zip(self._scalar_acts, s.split([m for m, _ in self._scalar_acts], dim=1))], dim=1)
         if self._gate_index.numel() == 0:
             return s
-        g = self._gate_act(x[:, self._gate_index])
-        g = torch.repeat_interleave(g, self._gate_repeat, dim=1)
-        return torch.cat([s, g * x[:, self._gated_index]], dim=1)
+        gates = self._gate_act(x[:, self._gate_index]).split([mul for mul, _ in self._gated_shapes], dim=1)
+        gated = x[:, self._gated_index].split([mul * dim for mul, dim in self._gated_shapes], dim=1)
+        n = x.shape[0]
+        return torch.cat([s] + [(v.view(n, dim, mul) * g.unsqueeze(1)).view(n, -1)
+                                for v, g, (mul, dim) in zip(gated, gates, self._gated_shapes)], dim=1)
 
     def extra_repr(self) -> str:
         return f"{self.irreps_in} -> {self.irreps_out}"

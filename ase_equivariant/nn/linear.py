@@ -10,7 +10,9 @@ class EquivariantLinear(nn.Module):
     :math:`y_{w m} = \frac{1}{\sqrt{n}} \sum_u W^{(k)}_{u w} x_{u m}`, the sum running over the
     channels ``u`` of every input block of the same type (``n`` of them, in input order). No bias.
 
-    Features use the flat layout ``(N, irreps.dim)``, each block stored ``[mul, 2l+1]``.
+    Features use the flat channel-last layout ``(N, irreps.dim)``, each block stored
+    ``[2l+1, mul]`` (as everywhere inside the network; see :mod:`.potential`), so each source block
+    is one matrix product ``(N (2l+1), mul) @ (mul, mul_out)``.
 
     Args:
         irreps_in, irreps_out: the input and output irreps.
@@ -37,7 +39,7 @@ class EquivariantLinear(nn.Module):
         self.weights = nn.ParameterList(weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, irreps_in.dim)`` → ``(N, irreps_out.dim)``."""
+        """``(N, irreps_in.dim)`` → ``(N, irreps_out.dim)``, channel-last."""
         n = x.shape[0]
         x_blocks = x.split(self._in_dims, dim=1)  # one split, not many slices: cheaper backward
         out = []
@@ -45,15 +47,14 @@ class EquivariantLinear(nn.Module):
             if not sources:
                 out.append(x.new_zeros(n, mul_out * ir_out.dim))
                 continue
-            blocks = [x_blocks[b].reshape(n, mul, dim) for b, mul, dim in sources]
-            block = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)  # (N, n_k, 2l+1)
             w = w * w.shape[0] ** -0.5
-            if ir_out.dim == 1:
-                y = block.reshape(n, -1) @ w
-            else:
-                y = torch.einsum("num,uw->nwm", block, w)
-            out.append(y.reshape(n, -1))
-        return torch.cat(out, dim=1)
+            y, row = None, 0
+            for b, mul, dim in sources:  # (N, [2l+1, mul]) @ (mul, mul_out) -> (N, [2l+1, mul_out])
+                part = torch.matmul(x_blocks[b].view(n, dim, mul), w[row:row + mul])
+                y = part if y is None else y + part
+                row += mul
+            out.append(y.view(n, -1))
+        return torch.cat(out, dim=1) if len(out) > 1 else out[0]
 
     def extra_repr(self) -> str:
         return f"{self.irreps_in} -> {self.irreps_out}"

@@ -16,10 +16,10 @@
  * and its message sums, per receiver, are the (d2, paths, d1, mul) block at q_off of Q[0:QD]:
  *   Q[q_off + ((m2*paths + p)*d1 + m1)*mul + u]
  *       = sum_k Y[e, y_off+m2] * R[rows[e], w_off + p*mul + u] * x[s_e, x_off + m1*mul + u].
- * A path (p of a group, to an output irrep of dimension d3) is described by 5 ints
- *   group, p, d3, out_off, coef_off
- * and the receiver's output, row i of out (n, OD), holds its coupled sums as a [mul, d3] block:
- *   out[i, out_off + u*d3 + m3] = sum_{m2, m1} coef[coef_off + (m3*d2 + m2)*d1 + m1] Q[..m2, p, m1, u]
+ * A path (p of a group, to an output irrep of dimension d3) is described by 6 ints
+ *   group, p, d3, out_off, coef_off, out_stride
+ * and the receiver's output, row i of out (n, OD), holds its coupled sums channel-last:
+ *   out[i, out_off + m3*out_stride + u] = sum_{m2, m1} coef[coef_off + (m3*d2 + m2)*d1 + m1] Q[..m2, p, m1, u]
  * (coef: the path's Clebsch-Gordan coefficients with its normalisation). Q lives only in a
  * buffer of the thread (work, threads * QD), receiver by receiver, hot in cache.
  *
@@ -52,7 +52,7 @@ typedef struct {
 } group_t;
 
 typedef struct {
-    int group, p, d3, out_off, coef_off;
+    int group, p, d3, out_off, coef_off, out_stride;
 } path_t;
 
 int max_dim(void) { return MAX_DIM; }
@@ -207,32 +207,29 @@ static void CAT(couple, SUFFIX)(const group_t *groups, const path_t *paths, int6
                         if (cm[m2 * g.d1 + m1] != 0)
                             acc += cm[m2 * g.d1 + m1]
                                  * *(const VF *)(q + g.q_off + ((int64_t)(m2 * g.paths + P.p) * g.d1 + m1) * g.mul + u0);
-                for (int v = 0; v < TF; ++v) ok[(int64_t)(u0 + v) * P.d3 + m3] = acc[v];
+                *(VF *)(ok + (int64_t)m3 * P.out_stride + u0) = acc;
             }
             for (; u0 < g.mul; ++u0) {
                 T acc = 0;
                 for (int m2 = 0; m2 < g.d2; ++m2)
                     for (int m1 = 0; m1 < g.d1; ++m1)
                         acc += cm[m2 * g.d1 + m1] * q[g.q_off + ((int64_t)(m2 * g.paths + P.p) * g.d1 + m1) * g.mul + u0];
-                ok[(int64_t)u0 * P.d3 + m3] = acc;
+                ok[(int64_t)m3 * P.out_stride + u0] = acc;
             }
         }
     }
 }
 
 /* Its adjoint: the gradient G of one receiver's message sums from the gradient o of its output
- * row (every element of G belongs to one path and is written); t: scratch for the largest
- * [d3, mul] block of a path. */
+ * row (every element of G belongs to one path and is written). */
 static void CAT(couple_transposed, SUFFIX)(const group_t *groups, const path_t *paths, int64_t n_paths,
-                                           const T *coef, const T *o, T *G, T *t)
+                                           const T *coef, const T *o, T *G)
 {
     for (int64_t k = 0; k < n_paths; ++k) {
         const path_t P = paths[k];
         const group_t g = groups[P.group];
         const T *c = coef + P.coef_off;
-        const T *ok = o + P.out_off;
-        for (int u = 0; u < g.mul; ++u)
-            for (int m3 = 0; m3 < P.d3; ++m3) t[(int64_t)m3 * g.mul + u] = ok[(int64_t)u * P.d3 + m3];
+        const T *ok = o + P.out_off; /* row m3 of the path's block at ok + m3 * out_stride */
         for (int m2 = 0; m2 < g.d2; ++m2) {
             for (int m1 = 0; m1 < g.d1; ++m1) {
                 T *gk = G + g.q_off + ((int64_t)(m2 * g.paths + P.p) * g.d1 + m1) * g.mul;
@@ -242,12 +239,13 @@ static void CAT(couple_transposed, SUFFIX)(const group_t *groups, const path_t *
                 for (; u0 + TF <= g.mul; u0 += TF) {
                     VF acc = (VF){0};
                     for (int m3 = 0; m3 < P.d3; ++m3)
-                        if (cm[m3 * stride] != 0) acc += cm[m3 * stride] * *(const VF *)(t + (int64_t)m3 * g.mul + u0);
+                        if (cm[m3 * stride] != 0)
+                            acc += cm[m3 * stride] * *(const VF *)(ok + (int64_t)m3 * P.out_stride + u0);
                     *(VF *)(gk + u0) = acc;
                 }
                 for (; u0 < g.mul; ++u0) {
                     T acc = 0;
-                    for (int m3 = 0; m3 < P.d3; ++m3) acc += cm[m3 * stride] * t[(int64_t)m3 * g.mul + u0];
+                    for (int m3 = 0; m3 < P.d3; ++m3) acc += cm[m3 * stride] * ok[(int64_t)m3 * P.out_stride + u0];
                     gk[u0] = acc;
                 }
             }
@@ -291,19 +289,18 @@ void CAT(message_sums, SUFFIX)(
 
 /* Given grad_out = dL/dout (n, OD), for receivers 0 .. n-1: dL/dY (n*K, S) and dL/dR (n*K, W,
  * one row per slot), overwritten (zero for empty slots), and dL/dx added to the senders' rows of
- * grad_x (threads, N, D), an array for each thread; work: threads * (QD + TD) scratch, TD the
- * largest d3 * mul of a path. */
+ * grad_x (threads, N, D), an array for each thread; work: threads * QD scratch. */
 void CAT(message_sums_backward, SUFFIX)(
     int64_t n, int threads, int64_t K, const int64_t *counts, const int64_t *senders,
     const T *Y, int64_t S, const T *R, const int64_t *rows, int64_t W, const T *x, int64_t N, int64_t D,
     const group_t *groups, int64_t n_groups, int64_t QD, const path_t *paths, int64_t n_paths, const T *coef,
-    const T *grad_out, int64_t OD, T *work, int64_t TD, T *grad_Y, T *grad_R, T *grad_x)
+    const T *grad_out, int64_t OD, T *work, T *grad_Y, T *grad_R, T *grad_x)
 {
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t i = 0; i < n; ++i) {
         T *grad_x_thread = grad_x + (int64_t)THREAD * N * D;
-        T *G = work + (int64_t)THREAD * (QD + TD);
-        CAT(couple_transposed, SUFFIX)(groups, paths, n_paths, coef, grad_out + i * OD, G, G + QD);
+        T *G = work + (int64_t)THREAD * QD;
+        CAT(couple_transposed, SUFFIX)(groups, paths, n_paths, coef, grad_out + i * OD, G);
         memset(grad_Y + i * K * S, 0, sizeof(T) * K * S);
         /* columns of R of no group, and empty slots, get zero */
         memset(grad_R + i * K * W, 0, sizeof(T) * K * W);

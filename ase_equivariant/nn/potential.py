@@ -74,6 +74,11 @@ class EquivariantPotential(nn.Module):
     the last interaction block. The energy is a function of the edge vectors only, so it is
     invariant under rotations, translations and permutations; forces and stresses follow by
     differentiation (done by the calculator).
+
+    Node features are stored channel-last, each block ``(mul, l)`` as ``[2l+1, mul]`` (e3nn and
+    :mod:`ase_equivariant.o3` use ``[mul, 2l+1]``): channels are contiguous for the matrix products
+    of the linear layers and for the compiled convolution kernels. The first features and the
+    readout are scalars, where both layouts agree, so the layout never shows outside.
     """
 
     def __init__(self, config: PotentialConfig):
