@@ -19,12 +19,10 @@ from .mlp import RadialMLP
 #: are formed once and kept for the backward pass (SevenNet-0, float32: up to ~12,000 atoms of
 #: fcc Cu, ~0.4 MB per atom over its five layers); larger ones are formed per block of edges, one
 #: row per edge, in both passes (1.2x slower at 864 atoms), so that memory does not grow with the
-#: number of edges times the layers
+#: number of edges times the layers. On the CPU, kept weights stay with their convolution after
+#: the backward pass for the next call to write into (:func:`_pair_weights`): touching fresh
+#: memory costs page faults (the matrix product into new memory took twice as long at 864 atoms)
 KEPT_WEIGHTS_BYTES = 2**30
-#: kept radial weights up to this size stay with their convolution after the backward pass, for
-#: the next call to write into: touching fresh memory costs page faults (on CPU, the matrix
-#: product into new memory took twice as long at 864 atoms)
-SPARE_WEIGHTS_BYTES = 2**28
 
 
 class EdgeInputs(NamedTuple):
@@ -211,7 +209,7 @@ class _MessageSums(torch.autograd.Function):
 
 def _pair_weights(conv: "TensorProductConv", hidden, output_matrix):
     """``hidden @ output_matrix``, the ``(P, W)`` radial weights of the pairs, written into the
-    spare array that the previous call of ``conv`` gave back (see :data:`SPARE_WEIGHTS_BYTES`) if
+    spare array that the previous call of ``conv`` gave back (see :data:`KEPT_WEIGHTS_BYTES`) if
     it has one of the same dtype and device large enough."""
     try:
         spare = conv._spare_weights.pop()  # atomic: a spare goes to one call only
@@ -226,8 +224,7 @@ def _pair_weights(conv: "TensorProductConv", hidden, output_matrix):
 
 def _give_back(conv: "TensorProductConv", pair_weights):
     """Keep ``pair_weights``, which nothing uses any more, as ``conv``'s spare array."""
-    if pair_weights.device.type == "cpu" and pair_weights.numel() * pair_weights.element_size() <= \
-            SPARE_WEIGHTS_BYTES and not conv._spare_weights:
+    if pair_weights.device.type == "cpu" and not conv._spare_weights:
         conv._spare_weights.append(pair_weights.view(-1))
 
 
