@@ -153,7 +153,7 @@ class _MessageSums(torch.autograd.Function):
         x, embedding, *sh_tables = ctx.saved_tensors
         need_embedding = ctx.needs_input_grad[3]
         need_weights = ctx.needs_input_grad[4 + len(blocks):]
-        hidden_weights = [w for w, need in zip(conv.radial.weights[:-1], need_weights) if need]
+        hidden_weights = [w for w, need in zip(list(conv.radial.weights)[:-1], need_weights) if need]
         with torch.set_grad_enabled(need_weights[-1]):
             output_matrix = conv.radial.output_matrix(conv._weight_columns)
         embedding = embedding.detach().requires_grad_(need_embedding)

@@ -30,7 +30,7 @@ class RadialMLP(nn.Module):
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
         """``(E, sizes[0])`` → the activations of the last hidden layer ``(E, sizes[-2])``."""
-        for w in self.weights[:-1]:
+        for w in list(self.weights)[:-1]:  # a slice of a ParameterList would build a new one
             x = self.act(x @ (w * w.shape[0] ** -0.5))
         return x
 
