@@ -409,8 +409,8 @@ class TensorProductConv(nn.Module):
                              dtype=torch.float64), persistent=False)
         #: whether CPU calls use the compiled kernels (:mod:`.native`) when they can be built
         self.use_compiled = True
-        #: the radial weights of the last call, when small enough, for the next call to reuse
-        #: (see :func:`_pair_weights`); a list so that taking them is one atomic ``pop``
+        #: the radial weights kept by the last call (CPU), for the next call to write into (see
+        #: :func:`_pair_weights`); a list so that taking them is one atomic ``pop``
         self._spare_weights: List[torch.Tensor] = []
         out_columns = torch.tensor(out_columns, dtype=torch.long)
         self.register_buffer("_out_columns", out_columns, persistent=False)
