@@ -129,8 +129,8 @@ class _MessageSums(torch.autograd.Function):
             if compiled is not None:
                 weights, rows = _slot_weights(block, hidden, output_matrix, pair_weights, work, gather=False)
                 compiled.forward(block.counts, block.senders, sh_block, weights, rows, x, conv._group_table,
-                                 conv._path_table, conv._path_coefficients, conv._sums_width,
-                                 out[block.r0:block.r0 + block.n], work("sums", compiled.threads(), conv._sums_width),
+                                 conv._path_table, conv._path_coefficients, out[block.r0:block.r0 + block.n],
+                                 work("sums", compiled.threads(), conv._sums_width),
                                  work=block.n * block.slots * conv._sums_width)
                 continue
             sums = work("sums", block.n, conv._sums_width)
@@ -177,9 +177,8 @@ class _MessageSums(torch.autograd.Function):
                 weights, rows = _slot_weights(block, hidden_d, output_matrix_d, pair_weights, work, gather=False)
                 scratch = work("grad_sums", compiled.threads(), conv._sums_width)
                 compiled.backward(block.counts, block.senders, sh_block, weights, rows, x, conv._group_table,
-                                  conv._path_table, conv._path_coefficients, conv._sums_width,
-                                  grad_out[block.r0:block.r0 + n], scratch, grad_sh_block, grad_weights, grad_x,
-                                  work=3 * n * k * conv._sums_width)
+                                  conv._path_table, conv._path_coefficients, grad_out[block.r0:block.r0 + n], scratch,
+                                  grad_sh_block, grad_weights, grad_x, work=3 * n * k * conv._sums_width)
             else:
                 weights, _ = _slot_weights(block, hidden_d, output_matrix_d, pair_weights, work, gather=True)
                 gx_block = work("grad_x", n, k, x.shape[1])

@@ -97,37 +97,36 @@ class Kernels:
         threads, and no more than there is work to share."""
         return max(1, min(self.threads(), n, work // 200_000))
 
-    def forward(self, counts, senders, sh, weights, rows, x, groups, paths, coefficients, sums_width: int, out,
-                scratch, work: int):
+    def forward(self, counts, senders, sh, weights, rows, x, groups, paths, coefficients, out, scratch, work: int):
         """``out (n, OD)`` ← the coupled message sums of a block (see ``message_sums.c``); ``sh (n, K, S)``,
         ``weights (·, W)`` with ``rows (n*K,)`` the row of each slot (``None``: ``weights`` has
         ``n*K`` rows), ``x (N, D)``, ``counts (n,)`` and ``senders (n*K,)`` int64, ``groups (G, 8)``
-        and ``paths (P, 6)`` int32, the paths' ``coefficients``, ``scratch (threads(), sums_width)``;
-        all contiguous CPU tensors, the float ones of one dtype.
+        and ``paths (P, 6)`` int32, the paths' ``coefficients``, ``scratch (threads(), QD)`` (``QD``
+        the width of a receiver's message sums); all contiguous CPU tensors, the float ones of one
+        dtype.
         ``work``: the multiply-adds of the call, which set how many threads are worth starting."""
         n, k, s = sh.shape
-        assert scratch.shape == (self.threads(), sums_width)
+        assert scratch.shape[0] == self.threads()
         self._functions[x.dtype][0](
             _i64(n), ctypes.c_int(self._threads(n, work)), _i64(k), _ptr(counts), _ptr(senders), _ptr(sh), _i64(s),
             _ptr(weights), _ptr(rows), _i64(weights.shape[1]), _ptr(x), _i64(x.shape[1]), _ptr(groups),
-            _i64(groups.shape[0]), _i64(sums_width), _ptr(paths), _i64(paths.shape[0]), _ptr(coefficients),
+            _i64(groups.shape[0]), _i64(scratch.shape[1]), _ptr(paths), _i64(paths.shape[0]), _ptr(coefficients),
             _ptr(out), _i64(out.shape[1]), _ptr(scratch))
 
-    def backward(self, counts, senders, sh, weights, rows, x, groups, paths, coefficients, sums_width: int,
-                 grad_out, scratch, grad_sh, grad_weights, grad_x, work: int):
+    def backward(self, counts, senders, sh, weights, rows, x, groups, paths, coefficients, grad_out, scratch,
+                 grad_sh, grad_weights, grad_x, work: int):
         """The gradients of a block's coupled message sums, given ``grad_out (n, OD)``: with respect
         to ``sh`` and each slot's weights, written into ``grad_sh (n, K, S)`` and
         ``grad_weights (n*K, W)``, and with respect to ``x``, added into ``grad_x`` ``(T, N, D)``,
         one array for each thread that may run (``T`` = :meth:`threads`), to be summed by the
-        caller. ``scratch``: ``(threads(), sums_width)``."""
+        caller. ``scratch``: as for :meth:`forward`."""
         n, k, s = sh.shape
         threads = self._threads(n, work)
-        assert threads <= grad_x.shape[0]
-        assert scratch.shape == (self.threads(), sums_width)
+        assert threads <= grad_x.shape[0] and scratch.shape[0] == self.threads()
         self._functions[x.dtype][1](
             _i64(n), ctypes.c_int(threads), _i64(k), _ptr(counts), _ptr(senders), _ptr(sh), _i64(s), _ptr(weights),
             _ptr(rows), _i64(weights.shape[1]), _ptr(x), _i64(x.shape[0]), _i64(x.shape[1]), _ptr(groups),
-            _i64(groups.shape[0]), _i64(sums_width), _ptr(paths), _i64(paths.shape[0]), _ptr(coefficients),
+            _i64(groups.shape[0]), _i64(scratch.shape[1]), _ptr(paths), _i64(paths.shape[0]), _ptr(coefficients),
             _ptr(grad_out), _i64(grad_out.shape[1]), _ptr(scratch), _ptr(grad_sh),
             _ptr(grad_weights), _ptr(grad_x))
 
