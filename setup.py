@@ -6,5 +6,5 @@ setup(
     packages=find_packages(include=["ase_equivariant", "ase_equivariant.*"]) + ["ase_equivariant.data"],
     package_dir={"ase_equivariant.data": "data"},
     package_data={"ase_equivariant.data": ["*.pt", "PROVENANCE", "structures/*"],
-                  "ase_equivariant.nn": ["*.c"]},  # compiled on first use (nn/native.py)
+                  "ase_equivariant": ["*.c"], "ase_equivariant.nn": ["*.c"]},  # compiled on first use (compiled.py)
 )

@@ -355,8 +355,11 @@ def _machine(calc, model: str) -> str:
     threads = torch.get_num_threads()
     kernels = ""
     if calc.device.type == "cpu":
+        from . import neighbors
         from .nn import native
         kernels = ", compiled kernels" if native.kernels() is not None else ", pure-torch convolution"
+        if neighbors._compiled_search() is None:
+            kernels += ", pure-torch neighbour search"
     return (f"model {model} ({str(calc.dtype).replace('torch.', '')}, {calc.device}, "
             f"{threads} torch thread{'s' if threads != 1 else ''}{kernels})")
 

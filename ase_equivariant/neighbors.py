@@ -1,5 +1,11 @@
-"""Neighbour search: a linear-scaling cell list in torch, a Verlet list with a skin, and an
+"""Neighbour search: a linear-scaling cell list, a Verlet list with a skin, and an
 ASE-compatible :func:`neighbor_list`.
+
+The cell list has two implementations of one contract: a compiled C search (``cell_list.c``,
+built on first use by :mod:`ase_equivariant.compiled`) that CPU tensors take, and a pure-torch
+search that runs on any device (GPUs, and CPUs where no C compiler works or with
+``ASE_EQUIVARIANT_NATIVE=0``). Both return the same edges; the order within an atom's edges
+may differ between them.
 
 Conventions (shared by everything in this module):
 
@@ -14,13 +20,17 @@ Conventions (shared by everything in this module):
   fine), uses the strict test ``|D| < cutoff`` and is sorted by ``i``.
 """
 import ctypes
+import functools
 import math
 import numbers
 import sys
+import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from . import compiled
 from .scratch import scratch
 
 __all__ = ["cell_list", "edge_vectors", "NeighborList", "neighbor_list"]
@@ -38,6 +48,8 @@ _ROW_COST = 4
 _EDGES_PER_CHUNK = 1 << 16
 # Periodic images the cell list may consider (~100 bytes of memory each while the grid is built).
 _MAX_IMAGES = 1 << 25
+# The compiled CPU search (see _CompiledCellList); the torch one runs where it cannot be built.
+_SOURCE = Path(__file__).with_name("cell_list.c")
 # Lower bound of |det| of the unit periodic cell vectors (the sine of the angle for two vectors).
 _MIN_NORMALISED_VOLUME = 1e-8
 
@@ -275,13 +287,6 @@ def _image_shifts(bins, pbc, n, m):
     return shifts, valid, coords
 
 
-def _image_count(image_shifts) -> int:
-    """How many periodic images :func:`_images` forms from ``image_shifts`` (see
-    :func:`_image_shifts`), without forming them."""
-    _, valid, _ = image_shifts
-    return int((valid[0].sum(1) * valid[1].sum(1) * valid[2].sum(1)).sum())
-
-
 def _images(image_shifts, m, stride):
     """All periodic images whose bin lies in the grid padded by ``m`` bins on each side.
 
@@ -447,30 +452,110 @@ class _Edges:
         return edge_index, shifts
 
 
+class _CompiledCellList:
+    """The library built from ``cell_list.c``: the cell list of :func:`_cell_list` on CPU."""
+
+    def __init__(self, path):
+        self.path = path
+        library = ctypes.CDLL(str(path))
+        self._search, self._fill, self._free = (library.cell_list_search, library.cell_list_fill,
+                                                library.cell_list_free)
+        self._search.restype = ctypes.c_void_p
+        self._search.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 4 + [ctypes.c_double] * 5 + [
+            ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+        self._fill.restype = self._free.restype = None
+        self._fill.argtypes = [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 3
+        self._free.argtypes = [ctypes.c_void_p]
+
+    def search(self, positions, cell, pbc, inverse, cutoff, self_interaction, max_bins):
+        """``edge_index`` ``(2, E)`` and ``shifts`` ``(E, 3)`` as :func:`cell_list` returns them,
+        for CPU tensors ``positions`` ``(N, 3)`` (N > 0) and ``cell`` ``(3, 3)``; ``inverse``
+        ``(3, 3)`` float64: of the effective basis (:func:`_effective_basis`)."""
+        # The library measures in float64 from wrapped positions: below cutoff - band a pair is
+        # in, at cutoff + band or above it is out, and the few in between (returned as border
+        # edges) are decided with edge_vectors' exact formula.
+        band = (_rounding_margin(positions.dtype, positions, cell, cutoff)
+                + _rounding_margin(torch.float64, positions, cell, cutoff))
+        arrays = [positions.to(torch.float64).contiguous(), cell.to(torch.float64).contiguous(),
+                  inverse.to(torch.float64).contiguous()]
+        totals = (ctypes.c_int64 * 2)()
+        threads = torch.get_num_threads()
+        search = self._search(
+            positions.shape[0], *[a.data_ptr() for a in arrays], (ctypes.c_int32 * 3)(*pbc),
+            cutoff + band, cutoff - band, (cutoff + band) * 1.001, _BINS_PER_CUTOFF,
+            _STRIP_BINS_PER_CUTOFF, max_bins, int(self_interaction), threads, totals)
+        if not search:
+            raise MemoryError(f"no memory for the cell list of {positions.shape[0]} atoms")
+        n_edges, n_border = totals
+        try:
+            edge_index = _fresh_int64(2, n_edges, device="cpu")
+            shifts = _fresh_int64(n_edges, 3, device="cpu")
+            border = torch.empty(n_border, dtype=torch.int64)
+        except BaseException:
+            self._free(search)
+            raise
+        self._fill(search, threads, edge_index.data_ptr(), shifts.data_ptr(), border.data_ptr())
+        if n_border:
+            out = border[~_within(positions, cell, edge_index[:, border], shifts[border], cutoff)]
+            if out.numel():
+                keep = torch.ones(n_edges, dtype=torch.bool)
+                keep[out] = False
+                return edge_index[:, keep], shifts[keep]
+        return edge_index, shifts
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_search():
+    """The compiled cell list, built on first use; ``None`` if disabled
+    (``ASE_EQUIVARIANT_NATIVE=0``) or if it cannot be built here (a warning says why, once)."""
+    try:
+        path = compiled.library(_SOURCE)
+        return None if path is None else _CompiledCellList(path)
+    except (OSError, RuntimeError) as error:
+        warnings.warn(f"ase_equivariant: using the slower pure-torch cell list ({error})",
+                      RuntimeWarning)
+        return None
+
+
 def _cell_list(positions, cell, pbc, basis, cutoff, self_interaction, max_bins):
-    """Core of :func:`cell_list` on validated inputs (see there)."""
-    device, dtype = positions.device, positions.dtype
+    """Core of :func:`cell_list` on validated inputs (see there): the compiled search on CPU
+    where it can be built, else the pure-torch one."""
+    device = positions.device
     n_atoms = positions.shape[0]
     if n_atoms == 0:
         return (torch.empty(2, 0, dtype=torch.int64, device=device),
                 torch.empty(0, 3, dtype=torch.int64, device=device))
     if max_bins is None:
         max_bins = 8 * n_atoms + 4096
+    inverse = torch.linalg.inv(basis)
+    heights = (1.0 / inverse.norm(dim=0)).tolist()
+    # periodic images within the cutoff of the cell, about
+    images = round(n_atoms * math.prod(1 + 2 * cutoff / h if periodic else 1
+                                       for h, periodic in zip(heights, pbc)))
+    if images > _MAX_IMAGES:
+        raise ValueError(f"cutoff {cutoff} Å spans too many periodic images ({images}, more than "
+                         f"{_MAX_IMAGES}) of a cell this thin: heights {heights} Å")
+    library = _compiled_search() if device.type == "cpu" else None
+    if library is not None:
+        return library.search(positions, cell, pbc, inverse, cutoff, self_interaction, max_bins)
+    return _torch_cell_list(positions, cell, pbc, inverse, heights, cutoff, self_interaction,
+                            max_bins)
+
+
+def _torch_cell_list(positions, cell, pbc, inverse, heights, cutoff, self_interaction, max_bins):
+    """The cell list in torch operations, on any device (see :func:`_cell_list`; ``inverse``
+    ``(3, 3)``: of the effective basis, ``heights``: the cell's perpendicular heights, Å)."""
+    device, dtype = positions.device, positions.dtype
+    n_atoms = positions.shape[0]
     # Candidate pairs are measured from wrapped positions, in float32 unless the coordinates are
     # too far-flung for it; that differs from the exact formula of edge_vectors by rounding
     # only: below cutoff - band a pair is in, at cutoff + band or above it is out, and the few
     # in between are decided exactly.
     margin = _rounding_margin(dtype, positions, cell, cutoff)
-    inv = torch.linalg.inv(basis)
-    heights = (1.0 / inv.norm(dim=0)).tolist()
-    frac = positions.to(torch.float64) @ inv.to(device)
+    frac = positions.to(torch.float64) @ inverse.to(device)
     bins, wraps, n, m, strip, window = _bins(frac, pbc, heights, (cutoff + margin) * 1.001,
                                              max_bins)
     image_shifts = _image_shifts(bins, pbc, n, m)
-    images = _image_count(image_shifts)
-    if images > _MAX_IMAGES:
-        raise ValueError(f"cutoff {cutoff} Å spans too many periodic images ({images}, more than "
-                         f"{_MAX_IMAGES}) of a cell this thin: heights {heights} Å")
     grid = _Grid(bins, window, image_shifts, n, m, strip)
     wrapped = positions - wraps.to(dtype) @ cell
     origin = wrapped.min(dim=0).values  # keeps the coordinates small
@@ -598,7 +683,8 @@ def _row_width(total):
 def cell_list(positions, cell, pbc, cutoff, self_interaction=False, max_bins=None):
     """Full neighbour list of one structure with a linear-scaling cell list.
 
-    Runs in torch on the device of ``positions`` (CPU or CUDA), without Python loops over atoms.
+    Runs on the device of ``positions``: on CPU the compiled search of ``cell_list.c``, elsewhere
+    (or without a C compiler) torch operations without Python loops over atoms.
 
     Parameters
     ----------

@@ -2,7 +2,7 @@
 process.
 
 ``ab.py`` compares whole checkouts in alternating processes; a change to the C file alone is
-judged more finely here: both sources are compiled (the flags of ``nn/native.py``), loaded side by
+judged more finely here: both sources are compiled (the flags of ``compiled.py``), loaded side by
 side, and SevenNet-0's energy + forces call on fcc Cu alternates between them (order swapped
 every round), so both see the same machine state. The kernels must keep the C interface of the
 installed package. Prints, per version, the minimum and median call time and the time spent
@@ -24,6 +24,7 @@ from ase.build import bulk
 
 from ase_equivariant import load_model
 from ase_equivariant.neighbors import cell_list
+from ase_equivariant import compiled
 from ase_equivariant.nn import native
 
 
@@ -32,7 +33,7 @@ def build(source: Path, folder: Path, tag: str) -> native.Kernels:
     copy = folder / f"message_sums_{tag}.c"
     copy.write_text(source.read_text())
     target = folder / f"message_sums_{tag}.so"
-    native._build(target, copy)
+    compiled.build(target, copy)
     return native.Kernels(target)
 
 

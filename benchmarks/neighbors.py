@@ -1,8 +1,11 @@
-"""Neighbour-list benchmark: our torch cell list against vesin, matscipy and ASE.
+"""Neighbour-list benchmark: our cell list against vesin, matscipy and ASE.
 
 fcc Cu (a = 3.61 Å), cutoff 5 Å, full list with shifts, from 256 atoms up.  Every code runs in
 the same process on the same structures, interleaved; each time is the minimum over a few
-repeats after a warm-up call.  Prints a markdown table (wall time, ns per pair, ratio to vesin).
+repeats after a warm-up call.  Ours runs twice: as ``cell_list`` runs on CPU (the compiled
+search of ``cell_list.c``) and on its pure-torch path (what GPUs run, and CPUs without a C
+compiler).  Prints a markdown table (wall time, ns per pair, ratio to vesin), then how far each
+code's ns/pair strays from its mean over 2k atoms and up.
 
     python benchmarks/neighbors.py [--max-atoms 131072] [--repeats 5] [--threads N]
 """
@@ -15,6 +18,7 @@ import torch
 from ase.build import bulk
 from ase.neighborlist import neighbor_list as ase_neighbor_list
 
+from ase_equivariant import neighbors
 from ase_equivariant.neighbors import cell_list
 
 CUTOFF = 5.0
@@ -35,6 +39,18 @@ def structure(n_cells):
     return bulk("Cu", "fcc", a=3.61, cubic=True).repeat(n_cells)
 
 
+def on_torch_path(function):
+    """``function`` run with the compiled search hidden, so that cell_list takes its torch path."""
+    def run():
+        compiled = neighbors._compiled_search
+        neighbors._compiled_search = lambda: None
+        try:
+            return function()
+        finally:
+            neighbors._compiled_search = compiled
+    return run
+
+
 def codes(atoms):
     """name -> function computing the full list (i, j, S) of ``atoms``."""
     import vesin
@@ -44,7 +60,8 @@ def codes(atoms):
     cell = torch.tensor(atoms.cell.array)
     nl = vesin.NeighborList(cutoff=CUTOFF, full_list=True)
     return {
-        "ours (torch)": lambda: cell_list(positions, cell, atoms.pbc, CUTOFF),
+        "ours": lambda: cell_list(positions, cell, atoms.pbc, CUTOFF),
+        "ours (torch path)": on_torch_path(lambda: cell_list(positions, cell, atoms.pbc, CUTOFF)),
         "vesin": lambda: nl.compute(atoms.positions, atoms.cell.array, True, "ijS"),
         "matscipy": lambda: matscipy_neighbour_list("ijS", atoms, CUTOFF),
         "ASE": lambda: ase_neighbor_list("ijS", atoms, CUTOFF),
@@ -67,9 +84,12 @@ def main():
 
     print(f"# {cpu_name()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} torch threads, cutoff {CUTOFF} Å, fcc Cu a=3.61 Å")
+    if neighbors._compiled_search() is None:
+        print("# no compiled search here: 'ours' is the torch path too")
     print("| atoms | pairs | code | time (ms) | ns/pair | / vesin |")
     print("|------:|------:|------|----------:|--------:|--------:|")
     ase_time = 0.0
+    ns_per_pair = {}
     for n_cells in (4, 8, 16, 32, 64):
         atoms = structure(n_cells)
         if len(atoms) > args.max_atoms:
@@ -92,6 +112,13 @@ def main():
         for name, seconds in best.items():
             print(f"| {len(atoms)} | {n} | {name} | {1e3 * seconds:.1f} | "
                   f"{1e9 * seconds / n:.0f} | {seconds / best['vesin']:.2f} |", flush=True)
+            if len(atoms) >= 2048:
+                ns_per_pair.setdefault(name, []).append(1e9 * seconds / n)
+    print("\nns/pair from 2k atoms up, against its mean (linear scaling: flat):")
+    for name, values in ns_per_pair.items():
+        mean = np.mean(values)
+        spread = ", ".join(f"{100 * (v / mean - 1):+.0f} %" for v in values)
+        print(f"  {name}: {spread} of {mean:.0f} ns/pair")
 
 
 if __name__ == "__main__":

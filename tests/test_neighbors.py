@@ -1,7 +1,9 @@
 """Neighbour search: cell_list, the Verlet NeighborList and the ASE-compatible neighbor_list,
 checked against ASE, matscipy and vesin (references we did not write)."""
+import shutil
 import sys
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -11,11 +13,22 @@ from ase.build import bulk, molecule
 from ase.geometry import complete_cell
 from ase.neighborlist import neighbor_list as ase_neighbor_list
 
-from ase_equivariant import neighbors
+from ase_equivariant import compiled, neighbors
 from ase_equivariant.neighbors import NeighborList, cell_list, edge_vectors, neighbor_list
 
 matscipy_neighbours = pytest.importorskip("matscipy.neighbours")
 vesin = pytest.importorskip("vesin")
+
+
+@pytest.fixture(autouse=True, params=["compiled", "torch"])
+def search(request, monkeypatch):
+    """Every test runs twice on CPU: with the compiled search (cell_list.c) and the torch one."""
+    if request.param == "compiled":
+        if neighbors._compiled_search() is None:
+            pytest.skip("the compiled cell list cannot be built here")
+    else:
+        monkeypatch.setattr(neighbors, "_compiled_search", lambda: None)
+    return request.param
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -205,6 +218,17 @@ def test_exact_cutoff_distance_is_excluded():
     assert len(torch_edges(dimer, np.nextafter(1.5, 2.0))[0]) == 2
     assert len(neighbor_list("i", dimer, 1.5)) == len(ase_neighbor_list("i", dimer, 1.5)) == 0
     assert len(neighbor_list("i", dimer, [0.75, 0.75])) == 0
+
+
+def test_cutoff_below_the_rounding_of_the_coordinates():
+    # Every candidate is within rounding of such a cutoff: all are decided by the exact formula.
+    atoms = Atoms("H3", positions=[[0, 0, 0], [1e-16, 0, 0], [1.0, 2.0, 0.5]],
+                  cell=np.eye(3) * 3.0, pbc=True)
+    i, j, S, D = torch_edges(atoms, 1e-15)
+    assert canonical(i, j, S)[0].tolist() == [0, 1]  # the pair 1e-16 Å apart
+    i, j, S, D = torch_edges(atoms, 1e-15, self_interaction=True)
+    assert sorted(zip(i.tolist(), j.tolist())) == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 2)]
+    assert not S.any()
 
 
 def test_empty_and_single_atom():
@@ -485,6 +509,42 @@ def brute_force_radius(x, y, r, max_num_neighbors=32):
     close = torch.cdist(y, x) <= r
     rank = torch.cumsum(close.to(torch.int64), dim=1)
     return torch.nonzero(close & (rank <= max_num_neighbors)).T
+
+
+def test_compiled_search_builds_where_a_compiler_is_found(search):
+    if search == "torch" or not compiled.enabled() or shutil.which(compiled._compiler()[0]) is None:
+        pytest.skip("the pure-torch search is expected here")
+    assert isinstance(neighbors._compiled_search(), neighbors._CompiledCellList)
+
+
+def test_without_a_compiler_the_torch_search_is_used(search, monkeypatch, tmp_path):
+    if search == "torch":
+        pytest.skip("nothing to build")
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("ASE_EQUIVARIANT_CACHE", str(tmp_path / "cache"))
+    neighbors._compiled_search.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="pure-torch cell list.*could not compile"):
+            assert neighbors._compiled_search() is None
+        atoms = bulk("Cu", "fcc", a=3.61) * 3
+        assert_same_edges(torch_edges(atoms, 5.0), ase_edges(atoms, 5.0), "without a compiler")
+    finally:
+        monkeypatch.undo()
+        neighbors._compiled_search.cache_clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert neighbors._compiled_search() is not None
+
+
+@pytest.mark.parametrize("max_bins", [1, 7, 100])
+def test_few_bins_give_the_same_edges(max_bins):
+    rng = np.random.default_rng(16)
+    for case in range(20):
+        atoms, cutoff = random_system(rng)
+        i, j, S = neighbor_list("ijS", atoms, cutoff, max_nbins=max_bins)
+        ri, rj, rS, rD = ase_edges(atoms, cutoff)
+        D = atoms.positions[j] - atoms.positions[i] + S @ atoms.cell.array
+        assert_same_edges((i, j, S, D), (ri, rj, rS, rD), f"max_bins {max_bins}, case {case}")
 
 
 @pytest.mark.parametrize("real", [False, True])

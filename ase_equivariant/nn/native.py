@@ -1,79 +1,22 @@
 """The compiled CPU kernels of ``message_sums.c``: built on first use, loaded with ctypes.
 
 The convolution's message sums are many small products over each edge's features; in torch they
-are a dozen passes over per-edge arrays, in C one pass with everything in cache. The C file needs
-no Python or torch headers: it is compiled once per machine and processor (``-march=native``,
-OpenMP) with the C compiler Python was built with (``$CC`` overrides it) into a cache folder
-(``$ASE_EQUIVARIANT_CACHE``, else ``$XDG_CACHE_HOME/ase-equivariant``, else
-``~/.cache/ase-equivariant``), which takes about a second. Where no compiler works, or with
+are a dozen passes over per-edge arrays, in C one pass with everything in cache. The library is
+built and cached by :mod:`ase_equivariant.compiled`. Where no compiler works, or with
 ``ASE_EQUIVARIANT_NATIVE=0``, :func:`kernels` returns ``None`` and the convolution uses its
 pure-torch path, which computes the same numbers.
 """
 import ctypes
 import functools
-import hashlib
-import os
-import platform
-import shlex
-import subprocess
-import sysconfig
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from .. import compiled
+
 SOURCE = Path(__file__).with_name("message_sums.c")
-#: flags for the build, tried in order until the compiler accepts a set
-FLAGS = (["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"], ["-O3", "-ffp-contract=fast", "-fopenmp"],
-         ["-O3"])
-
-
-def _cache_dir() -> Path:
-    if os.environ.get("ASE_EQUIVARIANT_CACHE"):
-        return Path(os.environ["ASE_EQUIVARIANT_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "ase-equivariant"
-
-
-def _compiler():
-    return shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
-
-
-def _machine_id() -> str:
-    """What a ``-march=native`` build depends on: the processor's name and features."""
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = "".join(line for line in f if line.startswith(("model name", "flags")))[:4096]
-    except OSError:
-        pass
-    return f"{platform.system()} {platform.machine()} {cpu}"
-
-
-def _build(target: Path, source: Path = SOURCE):
-    """Compile ``source`` (:data:`SOURCE`, or a variant of it) into the shared library ``target``
-    (atomically: built in a temporary file of the same folder, then renamed). Raises
-    ``RuntimeError`` with the compiler's message."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    errors = []
-    for flags in FLAGS:
-        with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as tmp:
-            partial = Path(tmp.name)
-        command = _compiler() + flags + ["-std=gnu99", "-fPIC", "-shared", str(source), "-o", str(partial)]
-        try:
-            result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-        except (OSError, subprocess.SubprocessError) as error:
-            result = None
-            errors.append(f"{shlex.join(command)}: {error}")
-        if result is not None and result.returncode == 0:
-            os.replace(partial, target)
-            return
-        if result is not None:
-            errors.append(f"{shlex.join(command)}: {result.stderr.strip()[-2000:]}")
-        partial.unlink(missing_ok=True)
-    raise RuntimeError("could not compile the message-sum kernels:\n" + "\n".join(errors))
 
 
 class Kernels:
@@ -148,15 +91,9 @@ def _i64(v: int):
 def kernels() -> Optional[Kernels]:
     """The compiled kernels, built on first use; ``None`` if disabled (``ASE_EQUIVARIANT_NATIVE=0``)
     or if they cannot be built here (a warning says why, once)."""
-    if os.environ.get("ASE_EQUIVARIANT_NATIVE", "1") == "0":
-        return None
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + "\0".join(map(str, (_compiler(), FLAGS, _machine_id()))).encode()).hexdigest()
-    target = _cache_dir() / f"message_sums-{key[:16]}.so"
     try:
-        if not target.exists():
-            _build(target)
-        return Kernels(target)
+        path = compiled.library(SOURCE)
+        return None if path is None else Kernels(path)
     except (OSError, RuntimeError) as error:
         warnings.warn(f"ase_equivariant: using the slower pure-torch convolution ({error})", RuntimeWarning)
         return None
