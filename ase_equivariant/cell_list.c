@@ -26,6 +26,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+/* candidate slots measured at a time by the writing pass */
+#define BLOCK 64
+
 typedef struct {
     int64_t n_atoms, n[3], bins;
     int periodic[3], strip, across[2], self_interaction;
@@ -114,18 +117,29 @@ static void visit(const search_t *s, int64_t i, int emit, int64_t *found, int64_
                     borders += out_of_core;
                     continue;
                 }
-                for (int64_t q = q0; q < q1; q++) {
-                    const double dx = x[q] + o[0], dy = y[q] + o[1], dz = z[q] + o[2];
-                    const double d2 = dx * dx + dy * dy + dz * dz;
-                    if (!(d2 < s->outer2) || (q == own && unshifted && !s->self_interaction))
-                        continue;
-                    const int64_t j = s->sorted_atom[q];
-                    const int64_t *wj = s->wrap + 3 * j;
-                    edge_index[edge] = i;
-                    edge_index[n_edges + edge] = j;
-                    for (int k = 0; k < 3; k++) shifts[3 * edge + k] = shift[k] + wi[k] - wj[k];
-                    if (d2 >= s->inner2) border[border_edge++] = edge;
-                    edge++;
+                /* the slots within reach, gathered without branches a block at a time, then
+                 * written out */
+                for (int64_t q_block = q0; q_block < q1; q_block += BLOCK) {
+                    const int64_t q_end = q_block + BLOCK < q1 ? q_block + BLOCK : q1;
+                    int64_t hits[BLOCK];
+                    int n_hits = 0;
+                    for (int64_t q = q_block; q < q_end; q++) {
+                        const double dx = x[q] + o[0], dy = y[q] + o[1], dz = z[q] + o[2];
+                        hits[n_hits] = q;
+                        n_hits += dx * dx + dy * dy + dz * dz < s->outer2;
+                    }
+                    for (int h = 0; h < n_hits; h++) {
+                        const int64_t q = hits[h];
+                        if (q == own && unshifted && !s->self_interaction) continue;
+                        const int64_t j = s->sorted_atom[q];
+                        const int64_t *wj = s->wrap + 3 * j;
+                        edge_index[edge] = i;
+                        edge_index[n_edges + edge] = j;
+                        for (int k = 0; k < 3; k++) shifts[3 * edge + k] = shift[k] + wi[k] - wj[k];
+                        const double dx = x[q] + o[0], dy = y[q] + o[1], dz = z[q] + o[2];
+                        if (dx * dx + dy * dy + dz * dz >= s->inner2) border[border_edge++] = edge;
+                        edge++;
+                    }
                 }
             }
         }

@@ -39,6 +39,9 @@ __all__ = ["cell_list", "edge_vectors", "NeighborList", "neighbor_list"]
 _BINS_PER_CUTOFF = 2
 # Along the strip axis, where finer bins add no ranges to search, about cutoff / this wide.
 _STRIP_BINS_PER_CUTOFF = 8
+# The same for the compiled search, whose cost is more per row of bins than per candidate.
+_COMPILED_BINS_PER_CUTOFF = 1
+_COMPILED_STRIP_BINS_PER_CUTOFF = 16
 # Candidate pairs tested per vectorised step (~20 bytes of scratch space each).
 _CANDIDATES_PER_CHUNK = 1 << 19
 # Row widths _candidates tries, and the cost of a row in candidate slots (its per-row work).
@@ -474,16 +477,16 @@ class _CompiledCellList:
         # The library measures in float64 from wrapped positions: below cutoff - band a pair is
         # in, at cutoff + band or above it is out, and the few in between (returned as border
         # edges) are decided with edge_vectors' exact formula.
-        band = (_rounding_margin(positions.dtype, positions, cell, cutoff)
-                + _rounding_margin(torch.float64, positions, cell, cutoff))
+        band = _rounding_margin(positions.dtype, positions, cell, cutoff) * (
+            1 + torch.finfo(torch.float64).eps / torch.finfo(positions.dtype).eps)
         arrays = [positions.to(torch.float64).contiguous(), cell.to(torch.float64).contiguous(),
-                  inverse.to(torch.float64).contiguous()]
+                  inverse.contiguous()]
         totals = (ctypes.c_int64 * 2)()
         threads = torch.get_num_threads()
         search = self._search(
             positions.shape[0], *[a.data_ptr() for a in arrays], (ctypes.c_int32 * 3)(*pbc),
-            cutoff + band, cutoff - band, (cutoff + band) * 1.001, _BINS_PER_CUTOFF,
-            _STRIP_BINS_PER_CUTOFF, max_bins, int(self_interaction), threads, totals)
+            cutoff + band, cutoff - band, (cutoff + band) * 1.001, _COMPILED_BINS_PER_CUTOFF,
+            _COMPILED_STRIP_BINS_PER_CUTOFF, max_bins, int(self_interaction), threads, totals)
         if not search:
             raise MemoryError(f"no memory for the cell list of {positions.shape[0]} atoms")
         n_edges, n_border = totals
@@ -527,8 +530,8 @@ def _cell_list(positions, cell, pbc, basis, cutoff, self_interaction, max_bins):
                 torch.empty(0, 3, dtype=torch.int64, device=device))
     if max_bins is None:
         max_bins = 8 * n_atoms + 4096
-    inverse = torch.linalg.inv(basis)
-    heights = (1.0 / inverse.norm(dim=0)).tolist()
+    inverse = torch.from_numpy(np.linalg.inv(basis.numpy()))  # numpy: less overhead for 3 x 3
+    heights = (1.0 / np.linalg.norm(inverse.numpy(), axis=0)).tolist()
     # periodic images within the cutoff of the cell, about
     images = round(n_atoms * math.prod(1 + 2 * cutoff / h if periodic else 1
                                        for h, periodic in zip(heights, pbc)))
