@@ -298,3 +298,31 @@ void cell_list_fill(search_t *s, int threads, int64_t *edge_index, int64_t *shif
         visit(s, i, 1, NULL, edge_index, shifts, border, n_edges);
     cell_list_free(s);
 }
+
+/* Remove the edges `removed` (R indices, ascending) from edge_index (2, E) and shifts (E, 3),
+ * in place: afterwards the first 2 (E - R) entries of edge_index are the (2, E - R) array of the
+ * kept edges, in their order, and the first E - R rows of shifts are theirs. */
+void cell_list_remove(int64_t n_edges, int64_t *edge_index, int64_t *shifts,
+                      const int64_t *removed, int64_t n_removed)
+{
+    const int64_t kept = n_edges - n_removed;
+    int64_t *i_row = edge_index, *j_from = edge_index + n_edges, *j_to = edge_index + kept;
+    int64_t r = 0, to = 0;
+    for (int64_t e = 0; e < n_edges; e++) {
+        if (r < n_removed && e == removed[r]) {
+            r++;
+            continue;
+        }
+        i_row[to] = i_row[e];
+        for (int k = 0; k < 3; k++) shifts[3 * to + k] = shifts[3 * e + k];
+        to++;
+    }
+    /* the second row moves forward to its new start; written slots never pass unread ones */
+    for (int64_t e = 0, r = 0, to = 0; e < n_edges; e++) {
+        if (r < n_removed && e == removed[r]) {
+            r++;
+            continue;
+        }
+        j_to[to++] = j_from[e];
+    }
+}

@@ -461,12 +461,15 @@ class _CompiledCellList:
     def __init__(self, path):
         self.path = path
         library = ctypes.CDLL(str(path))
-        self._search, self._fill, self._free = (library.cell_list_search, library.cell_list_fill,
-                                                library.cell_list_free)
+        self._search, self._fill, self._free, self._remove = (
+            library.cell_list_search, library.cell_list_fill, library.cell_list_free,
+            library.cell_list_remove)
         self._search.restype = ctypes.c_void_p
         self._search.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 4 + [ctypes.c_double] * 5 + [
             ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
-        self._fill.restype = self._free.restype = None
+        self._fill.restype = self._free.restype = self._remove.restype = None
+        self._remove.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                                 ctypes.c_void_p, ctypes.c_int64]
         self._fill.argtypes = [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 3
         self._free.argtypes = [ctypes.c_void_p]
 
@@ -500,10 +503,11 @@ class _CompiledCellList:
         self._fill(search, threads, edge_index.data_ptr(), shifts.data_ptr(), border.data_ptr())
         if n_border:
             out = border[~_within(positions, cell, edge_index[:, border], shifts[border], cutoff)]
-            if out.numel():
-                keep = torch.ones(n_edges, dtype=torch.bool)
-                keep[out] = False
-                return edge_index[:, keep], shifts[keep]
+            if out.numel():  # removed in place (float32 positions: most calls have a few)
+                self._remove(n_edges, edge_index.data_ptr(), shifts.data_ptr(), out.data_ptr(),
+                             out.numel())
+                kept = n_edges - out.numel()
+                return edge_index.view(-1)[:2 * kept].view(2, kept), shifts[:kept]
         return edge_index, shifts
 
 
