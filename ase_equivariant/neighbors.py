@@ -101,7 +101,8 @@ def _check_system(positions, cell, pbc):
 
     Returns ``(positions, cell, pbc, basis)``: positions ``(N, 3)`` float32/float64 tensor, cell
     ``(3, 3)`` of the same dtype and device, pbc a tuple of three bools, and basis the ``(3, 3)``
-    float64 CPU matrix of :func:`_effective_basis`.
+    float64 CPU matrix of :func:`_effective_basis`.  The 3 x 3 arithmetic is plain Python: a
+    call on a few thousand atoms would otherwise spend much of its time on small tensor calls.
     """
     positions = torch.as_tensor(positions)
     if positions.dtype not in (torch.float32, torch.float64):
@@ -111,61 +112,87 @@ def _check_system(positions, cell, pbc):
     cell = torch.as_tensor(cell, dtype=positions.dtype, device=positions.device)
     if cell.shape != (3, 3):
         raise ValueError(f"cell must have shape (3, 3), got {tuple(cell.shape)}")
-    pbc = torch.as_tensor(pbc, dtype=torch.bool).cpu()
-    if pbc.ndim == 0:
-        pbc = pbc.expand(3)
-    if pbc.shape != (3,):
-        raise ValueError(f"pbc must be one bool or three bools, got shape {tuple(pbc.shape)}")
-    pbc = tuple(bool(p) for p in pbc.tolist())
-    if not bool(torch.isfinite(cell).all()):
+    flags = pbc.tolist() if isinstance(pbc, (torch.Tensor, np.ndarray)) else pbc
+    if isinstance(flags, (bool, int, np.bool_)):
+        flags = [flags] * 3
+    if not isinstance(flags, (list, tuple)) or len(flags) != 3:
+        raise ValueError(f"pbc must be one bool or three bools, got shape {np.shape(pbc)}")
+    pbc = tuple(bool(p) for p in flags)
+    rows = cell.detach().to("cpu", torch.float64).tolist()
+    if not all(math.isfinite(x) for row in rows for x in row):
         raise ValueError("cell contains NaN or inf")
     if not bool(torch.isfinite(positions).all()):
         raise ValueError("positions contain NaN or inf")
-    basis = _effective_basis(cell.detach().to("cpu", torch.float64).numpy(), pbc)
-    return positions.detach(), cell.detach(), pbc, basis
+    return positions.detach(), cell.detach(), pbc, _effective_basis(rows, pbc)
+
+
+def _dot(u, v):
+    return u[0] * v[0] + u[1] * v[1] + u[2] * v[2]
+
+
+def _cross(u, v):
+    return [u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2], u[0] * v[1] - u[1] * v[0]]
 
 
 def _effective_basis(cell, pbc):
     """Cell rows along periodic axes, an orthonormal completion along the others.
 
-    cell: ``(3, 3)`` float64 numpy array.  Returns a non-singular ``(3, 3)`` float64 CPU tensor
-    whose periodic rows are those of ``cell`` and whose other rows are unit vectors orthogonal
-    to the periodic rows and to each other (the identity for a molecule), so fractional
-    coordinates along non-periodic axes are plain lengths in Å.  Raises ValueError when the
-    periodic rows are zero or linearly dependent.
+    cell: ``(3, 3)`` floats (nested lists or an array).  Returns a non-singular ``(3, 3)`` float64
+    CPU tensor whose periodic rows are those of ``cell`` and whose other rows are unit vectors
+    orthogonal to the periodic rows and to each other (the identity for a molecule), so
+    fractional coordinates along non-periodic axes are plain lengths in Å.  Raises ValueError
+    when the periodic rows are zero or linearly dependent.
     """
     periodic = [k for k in range(3) if pbc[k]]
-    rows = cell[periodic]
-    norms = np.linalg.norm(rows, axis=1)
-    for k, norm in zip(periodic, norms):
+    rows = [[float(x) for x in cell[k]] for k in periodic]
+    unit = []
+    for k, row in zip(periodic, rows):
+        norm = math.sqrt(_dot(row, row))
         if not norm > 0:
             raise ValueError(f"singular cell: cell vector {k} is zero but pbc[{k}] is True")
-    unit = rows / norms[:, None]
+        unit.append([x / norm for x in row])
     if len(periodic) >= 2:  # the sine of the angle between two, the volume of three
-        volume = (np.linalg.norm(np.cross(unit[0], unit[1])) if len(periodic) == 2
-                  else abs(np.linalg.det(unit)))
+        normal = _cross(unit[0], unit[1])
+        volume = (math.sqrt(_dot(normal, normal)) if len(periodic) == 2
+                  else abs(_dot(normal, unit[2])))
         if not volume > _MIN_NORMALISED_VOLUME:
             raise ValueError(
                 "singular cell: the periodic cell vectors "
                 f"{periodic} are (nearly) linearly dependent (normalised volume {volume:.3g})"
             )
     if len(periodic) == 0:
-        completion = np.eye(3)
+        completion = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
     elif len(periodic) == 1:
         a = unit[0]
-        e = np.eye(3)[np.argmin(np.abs(a))]
-        u = e - (e @ a) * a
-        u /= np.linalg.norm(u)
-        completion = np.stack([u, np.cross(a, u)])
+        e = [0.0, 0.0, 0.0]
+        e[min(range(3), key=lambda k: abs(a[k]))] = 1.0
+        u = [e[k] - _dot(e, a) * a[k] for k in range(3)]
+        norm = math.sqrt(_dot(u, u))
+        u = [x / norm for x in u]
+        completion = [u, _cross(a, u)]
     elif len(periodic) == 2:
-        normal = np.cross(unit[0], unit[1])
-        completion = normal[None] / np.linalg.norm(normal)
+        normal = _cross(unit[0], unit[1])
+        norm = math.sqrt(_dot(normal, normal))
+        completion = [[x / norm for x in normal]]
     else:
-        completion = unit[:0]
-    basis = np.empty((3, 3))
-    basis[periodic] = rows
-    basis[[k for k in range(3) if not pbc[k]]] = completion
-    return torch.from_numpy(basis)
+        completion = []
+    basis = [None] * 3
+    for k, row in zip(periodic, rows):
+        basis[k] = row
+    for k, row in zip([k for k in range(3) if not pbc[k]], completion):
+        basis[k] = row
+    return torch.tensor(basis, dtype=torch.float64)
+
+
+def _inverse(basis):
+    """``(inverse, heights)``: the inverse ``(3, 3)`` float64 tensor of a basis from
+    :func:`_effective_basis` (by cofactors) and the perpendicular heights of its rows (Å)."""
+    b = basis.tolist()
+    columns = [_cross(b[1], b[2]), _cross(b[2], b[0]), _cross(b[0], b[1])]  # cofactor columns
+    det = _dot(b[0], columns[0])
+    inverse = [[columns[j][i] / det for j in range(3)] for i in range(3)]
+    heights = [abs(det) / math.sqrt(_dot(c, c)) for c in columns]
+    return torch.tensor(inverse, dtype=torch.float64), heights
 
 
 def _rounding_margin(dtype, positions, cell, cutoff):
@@ -534,8 +561,7 @@ def _cell_list(positions, cell, pbc, basis, cutoff, self_interaction, max_bins):
                 torch.empty(0, 3, dtype=torch.int64, device=device))
     if max_bins is None:
         max_bins = 8 * n_atoms + 4096
-    inverse = torch.from_numpy(np.linalg.inv(basis.numpy()))  # numpy: less overhead for 3 x 3
-    heights = (1.0 / np.linalg.norm(inverse.numpy(), axis=0)).tolist()
+    inverse, heights = _inverse(basis)
     # periodic images within the cutoff of the cell, about
     images = round(n_atoms * math.prod(1 + 2 * cutoff / h if periodic else 1
                                        for h, periodic in zip(heights, pbc)))
