@@ -11,8 +11,10 @@ class EquivariantLinear(nn.Module):
     channels ``u`` of every input block of the same type (``n`` of them, in input order). No bias.
 
     Features use the flat channel-last layout ``(N, irreps.dim)``, each block stored
-    ``[2l+1, mul]`` (as everywhere inside the network; see :mod:`.potential`), so each source block
-    is one matrix product ``(N (2l+1), mul) @ (mul, mul_out)``.
+    ``[2l+1, mul]`` (as everywhere inside the network; see :mod:`.potential`). A source block is a
+    strided ``(N, mul)`` matrix per component ``m``; its product with the ``(mul, mul_out)``
+    weights runs as one batched product over the ``2l+1`` components (``N``-row matrices; batching
+    over atoms instead would make ``N`` products of one to seven rows each).
 
     Args:
         irreps_in, irreps_out: the input and output irreps.
@@ -49,11 +51,11 @@ class EquivariantLinear(nn.Module):
                 continue
             w = w * w.shape[0] ** -0.5
             y, row = None, 0
-            for b, mul, dim in sources:  # (N, [2l+1, mul]) @ (mul, mul_out) -> (N, [2l+1, mul_out])
-                part = torch.matmul(x_blocks[b].view(n, dim, mul), w[row:row + mul])
+            for b, mul, dim in sources:  # ([2l+1], N, mul) @ (mul, mul_out) -> ([2l+1], N, mul_out)
+                part = torch.matmul(x_blocks[b].view(n, dim, mul).transpose(0, 1), w[row:row + mul])
                 y = part if y is None else y + part
                 row += mul
-            out.append(y.view(n, -1))
+            out.append(y.transpose(0, 1).reshape(n, -1))
         return torch.cat(out, dim=1) if len(out) > 1 else out[0]
 
     def extra_repr(self) -> str:
