@@ -117,7 +117,7 @@ class _MessageSums(torch.autograd.Function):
     def forward(ctx, conv: "TensorProductConv", blocks: List[EdgeBlock], x, embedding, *tensors):
         sh_tables = tensors[:len(blocks)]
         out = x.new_zeros(x.shape[0], conv.irreps_out.dim)
-        output_matrix = conv.radial.output_matrix(conv._weight_columns)
+        output_matrix = conv.radial.output_matrix(conv._weight_columns, 1 / conv.denominator)
         hidden = conv.radial.hidden(embedding)
         keep = embedding.shape[0] * output_matrix.shape[1] * x.element_size() <= KEPT_WEIGHTS_BYTES
         pair_weights = _pair_weights(conv, hidden, output_matrix) if keep else None
@@ -155,7 +155,7 @@ class _MessageSums(torch.autograd.Function):
         need_weights = ctx.needs_input_grad[4 + len(blocks):]
         hidden_weights = [w for w, need in zip(list(conv.radial.weights)[:-1], need_weights) if need]
         with torch.set_grad_enabled(need_weights[-1]):
-            output_matrix = conv.radial.output_matrix(conv._weight_columns)
+            output_matrix = conv.radial.output_matrix(conv._weight_columns, 1 / conv.denominator)
         embedding = embedding.detach().requires_grad_(need_embedding)
         with torch.set_grad_enabled(need_embedding or bool(hidden_weights)):
             hidden = conv.radial.hidden(embedding)
@@ -339,7 +339,7 @@ class TensorProductConv(nn.Module):
         self.irreps_out = path_irreps.simplify()
         muls = [self.irreps_in[i_in].mul for i_in, _, _ in self.paths]
         self.radial = RadialMLP(list(radial_sizes) + [sum(muls)], act_radial)
-        self.register_buffer("denominator", torch.tensor(float(denominator), dtype=torch.float64), persistent=False)
+        self.denominator = float(denominator)
         self._in_dims = [mul * ir.dim for mul, ir in self.irreps_in]
 
         weight_offsets = [sum(muls[:k]) for k in range(len(muls))]
@@ -420,8 +420,7 @@ class TensorProductConv(nn.Module):
         """Node features ``(N, irreps_in.dim)`` and the edges of the call (blocks covering receivers
         ``0 .. N-1`` in order) → aggregated messages ``(N, irreps_out.dim)``; both channel-last
         (blocks ``[2l+1, mul]``)."""
-        out = _MessageSums.apply(self, edges.blocks, x, edges.embedding, *edges.sh, *self.radial.weights)
-        return out / self.denominator
+        return _MessageSums.apply(self, edges.blocks, x, edges.embedding, *edges.sh, *self.radial.weights)
 
     def _groups(self):
         """``(y_offset, d2, group)`` for every group of the plan, in order: the group's

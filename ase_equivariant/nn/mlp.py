@@ -13,7 +13,8 @@ class RadialMLP(nn.Module):
     Each layer computes :math:`x W / \sqrt{n_{in}}` (weights of unit variance, as e3nn's
     ``FullyConnectedNet``); the last layer has no activation. The network comes in its two
     parts, the output being ``hidden(x) @ output_matrix(columns)``: the convolution applies
-    them block by block of edges (see ``convolution._MessageSums``).
+    them block by block of edges (see ``convolution._MessageSums``). The activations' scale
+    (:class:`ScaledActivation`) is applied to the weights that follow them.
 
     Args:
         sizes: layer widths, e.g. ``[8, 64, 64, 384]``.
@@ -29,13 +30,19 @@ class RadialMLP(nn.Module):
         self.act = act
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
-        """``(E, sizes[0])`` → the activations of the last hidden layer ``(E, sizes[-2])``."""
+        """``(E, sizes[0])`` → the activations of the last hidden layer ``(E, sizes[-2])``, without
+        the activation's scale (it is folded into the next layer's weights: one pass less over
+        the activations, forward and backward)."""
+        scale = 1.0
         for w in list(self.weights)[:-1]:  # a slice of a ParameterList would build a new one
-            x = self.act(x @ (w * w.shape[0] ** -0.5))
+            x = self.act.f(x @ (w * (scale * w.shape[0] ** -0.5)))
+            scale = self.act.scale
         return x
 
-    def output_matrix(self, columns: torch.Tensor) -> torch.Tensor:
+    def output_matrix(self, columns: torch.Tensor, factor: float = 1.0) -> torch.Tensor:
         """The last layer's output ``columns`` (int64 indices, in that order) as a
-        ``(sizes[-2], len(columns))`` matrix, normalisation included."""
+        ``(sizes[-2], len(columns))`` matrix to apply to :meth:`hidden`'s activations, normalisation
+        and activation scale included, times ``factor``."""
         w = self.weights[-1].index_select(1, columns)
-        return w * w.shape[0] ** -0.5
+        scale = self.act.scale if len(self.weights) > 1 else 1.0
+        return w * (factor * scale * w.shape[0] ** -0.5)
