@@ -29,7 +29,7 @@ def test_edge_blocks_put_every_edge_in_one_slot_of_its_receiver():
     edge_index = torch.stack([receivers, senders])
     e = len(receivers)
     for block_size in [100, 3, 2, 1]:
-        blocks = edge_blocks(edge_index, 7, block_size, torch.arange(e))
+        blocks = edge_blocks(edge_index, 7, block_size, torch.arange(e), torch.arange(e))
         assert [block.r0 for block in blocks] == [0] + [b.r0 + b.n for b in blocks[:-1]]
         assert blocks[-1].r0 + blocks[-1].n == 7
         seen = []
@@ -43,6 +43,7 @@ def test_edge_blocks_put_every_edge_in_one_slot_of_its_receiver():
             assert bool((block.senders[filled] == senders[block.edges[filled]]).all())
             assert bool((block.senders[~filled] == 0).all())
             assert bool((block.pairs[filled] == block.edges[filled]).all())
+            assert bool((block.phases[filled] == 1).all()) and bool((block.phases[~filled] == 0).all())
         assert sorted(seen) == list(range(e))
 
 
@@ -64,6 +65,13 @@ def test_edge_pairs_join_each_edge_with_its_reverse(pbc):
     assert bool((pair[first] == torch.arange(len(first))).all())
     lone = edge_pairs(edge_index[:, :1], shifts[:1])  # an edge without its reverse: a pair of its own
     assert lone[0].tolist() == [0] and lone[1].tolist() == [0]
+    # the backward phases: each pair has one slot in phase 1 and its other slot in phase 2
+    for block_size in (1000, 7):
+        blocks = edge_blocks(edge_index, len(atoms), block_size, pair, first)
+        phases = torch.cat([b.phases[b.edges < len(edges)] for b in blocks])
+        slot_pairs = torch.cat([b.pairs[b.edges < len(edges)] for b in blocks])
+        for phase in (1, 2):
+            assert sorted(slot_pairs[phases == phase].tolist()) == list(range(len(first)))
 
 
 def crystal():

@@ -89,7 +89,8 @@ def _work(like: torch.Tensor, name: str, *shape: int) -> torch.Tensor:
 
 
 class _MessageSums(torch.autograd.Function):
-    r"""The messages received by every atom, summed over its edges (before the normalisation).
+    r"""The messages received by every atom, summed over its edges (the normalisation included,
+    in the radial weights).
 
     For every group ``g`` (an input block with a spherical-harmonic block) and path ``p`` of it,
     the sums over each receiver's edges
@@ -104,7 +105,9 @@ class _MessageSums(torch.autograd.Function):
     buffer of the thread), elsewhere torch operations on the weighted inputs ``z = R x``, block
     by block of receivers. The backward pass (first derivatives only) differentiates the
     radial MLP itself; the radial weights are kept from the forward pass up to
-    :data:`KEPT_WEIGHTS_BYTES`, and formed again block by block above it.
+    :data:`KEPT_WEIGHTS_BYTES`, and formed again block by block above it. With kept weights the
+    compiled kernels add the gradients of a pair's two edges into one row, so the product back
+    through the MLP's output matrix runs once per pair, as the forward one does.
 
     Inputs: the convolution, its ``blocks``, node features ``x`` ``(N, D)`` (channel-last), the
     pairs' radial embedding ``(P, B)``, the blocks' spherical harmonics (see
@@ -167,29 +170,38 @@ class _MessageSums(torch.autograd.Function):
         grad_x = x.new_zeros(compiled.threads(), *x.shape) if compiled is not None else torch.zeros_like(x)
         grad_sh = [torch.empty_like(t) for t in sh_tables]
         work = functools.partial(_work, x)
-        for block, sh_block, grad_sh_block in zip(blocks, sh_tables, grad_sh):
-            if block.slots == 0:
-                grad_sh_block.zero_()
-                continue
-            n, k = block.n, block.slots
-            grad_weights = work("grad_weights", n * k, output_matrix.shape[1])  # every column is written
-            if compiled is not None:
-                weights, rows = _slot_weights(block, hidden_d, output_matrix_d, pair_weights, work, gather=False)
-                scratch = work("grad_sums", compiled.threads(), conv._sums_width)
-                compiled.backward(block.counts, block.senders, sh_block, weights, rows, x, conv._group_table,
-                                  conv._path_table, conv._path_coefficients, grad_out[block.r0:block.r0 + n], scratch,
-                                  grad_sh_block, grad_weights, grad_x, work=3 * n * k * conv._sums_width)
-            else:
-                weights, _ = _slot_weights(block, hidden_d, output_matrix_d, pair_weights, work, gather=True)
-                gx_block = work("grad_x", n, k, x.shape[1])
-                grad_sums = conv._couple_transposed(grad_out[block.r0:block.r0 + n])
-                _message_sums_backward(conv, block, sh_block, weights.view(n, k, -1), x, grad_sums,
-                                       grad_sh_block, grad_weights.view(n, k, -1), gx_block, work)
-                grad_x.index_add_(0, block.senders, gx_block.view(n * k, -1))
-            # through R = hidden @ output_matrix, to the pairs (empty slots add zero to pair 0)
-            grad_hidden.index_add_(0, block.pairs, grad_weights @ output_matrix_d.t())
+        if compiled is not None and pair_weights is not None:
+            # the kernels sum the two slots of each pair into the pair's row: one product per pair
+            grad_pairs = _pair_weight_gradients(conv, compiled, blocks, sh_tables, x, grad_out, pair_weights,
+                                                grad_sh, grad_x, work)
+            torch.mm(grad_pairs, output_matrix_d.t(), out=grad_hidden)
             if grad_output_matrix is not None:
-                grad_output_matrix.addmm_(hidden_d.index_select(0, block.pairs).t(), grad_weights)
+                grad_output_matrix.addmm_(hidden_d.t(), grad_pairs)
+        else:
+            for block, sh_block, grad_sh_block in zip(blocks, sh_tables, grad_sh):
+                if block.slots == 0:
+                    grad_sh_block.zero_()
+                    continue
+                n, k = block.n, block.slots
+                grad_weights = work("grad_weights", n * k, output_matrix.shape[1])  # every column is written
+                if compiled is not None:
+                    weights, rows = _slot_weights(block, hidden_d, output_matrix_d, None, work, gather=False)
+                    scratch = work("grad_sums", compiled.threads(), conv._sums_width)
+                    compiled.backward(block.counts, block.senders, sh_block, weights, rows, x, conv._group_table,
+                                      conv._path_table, conv._path_coefficients, grad_out[block.r0:block.r0 + n],
+                                      scratch, grad_sh_block, grad_weights, grad_x,
+                                      work=3 * n * k * conv._sums_width)
+                else:
+                    weights, _ = _slot_weights(block, hidden_d, output_matrix_d, pair_weights, work, gather=True)
+                    gx_block = work("grad_x", n, k, x.shape[1])
+                    grad_sums = conv._couple_transposed(grad_out[block.r0:block.r0 + n])
+                    _message_sums_backward(conv, block, sh_block, weights.view(n, k, -1), x, grad_sums,
+                                           grad_sh_block, grad_weights.view(n, k, -1), gx_block, work)
+                    grad_x.index_add_(0, block.senders, gx_block.view(n * k, -1))
+                # through R = hidden @ output_matrix, to the pairs (empty slots add zero to pair 0)
+                grad_hidden.index_add_(0, block.pairs, grad_weights @ output_matrix_d.t())
+                if grad_output_matrix is not None:
+                    grad_output_matrix.addmm_(hidden_d.index_select(0, block.pairs).t(), grad_weights)
         if compiled is not None:
             grad_x = grad_x.sum(0)
         if pair_weights is not None:
@@ -204,6 +216,28 @@ class _MessageSums(torch.autograd.Function):
         grad_mlp.append(None if grad_output_matrix is None else
                         torch.autograd.grad(output_matrix, conv.radial.weights[-1], grad_output_matrix)[0])
         return None, None, grad_x, grad_embedding, *grad_sh, *grad_mlp
+
+
+def _pair_weight_gradients(conv: "TensorProductConv", compiled, blocks: List[EdgeBlock], sh_tables, x, grad_out,
+                           pair_weights, grad_sh, grad_x, work):
+    """The compiled backward pass with the radial weights kept per pair: the gradient with respect
+    to ``pair_weights`` ``(P, W)``, each pair's row the sum over its two slots (in scratch space),
+    while the gradients of the spherical harmonics and of ``x`` go to ``grad_sh`` and ``grad_x``
+    (see :meth:`.native.Kernels.backward`). Every block runs phase 1 (one slot of each pair, which
+    overwrites the pair's row), then every block phase 2 (the other slot, added to it)."""
+    grad_pairs = work("grad_pairs", *pair_weights.shape)
+    scratch = work("grad_sums", compiled.threads(), conv._sums_width)
+    for phase in (1, 2):
+        for block, sh_block, grad_sh_block in zip(blocks, sh_tables, grad_sh):
+            if block.slots == 0:
+                grad_sh_block.zero_()
+                continue
+            compiled.backward(block.counts, block.senders, sh_block, pair_weights, block.pairs, x, conv._group_table,
+                              conv._path_table, conv._path_coefficients, grad_out[block.r0:block.r0 + block.n],
+                              scratch, grad_sh_block, grad_pairs, grad_x,
+                              work=3 * block.n * block.slots * conv._sums_width // 2,
+                              grad_rows=block.pairs, phases=block.phases, phase=phase)
+    return grad_pairs
 
 
 def _pair_weights(conv: "TensorProductConv", hidden, output_matrix):

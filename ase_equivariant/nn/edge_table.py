@@ -34,8 +34,10 @@ class EdgeBlock(NamedTuple):
     ``edges`` and ``senders`` are ``(n * slots,)`` int64: the edge in each slot (``E``, the number
     of edges, for an empty slot) and its sending atom (0 when empty). ``counts`` ``(n,)`` int64:
     the edges of each receiver, which fill its first slots. ``pairs`` ``(n * slots,)`` int64: the
-    pair (see :func:`edge_pairs`) of the edge in each slot (0 when empty). ``slots`` is the most
-    edges of one receiver (0: no edges).
+    pair (see :func:`edge_pairs`) of the edge in each slot (0 when empty). ``phases``
+    ``(n * slots,)`` int8: 1 for the edge of its pair that :func:`edge_pairs` names (``first``), 2
+    for the other, 0 for an empty slot; over all blocks, each pair has one slot of phase 1 and at
+    most one of phase 2. ``slots`` is the most edges of one receiver (0: no edges).
     """
 
     r0: int
@@ -45,6 +47,7 @@ class EdgeBlock(NamedTuple):
     senders: torch.Tensor
     counts: torch.Tensor
     pairs: torch.Tensor
+    phases: torch.Tensor
 
 
 def edge_pairs(edge_index: torch.Tensor, shifts: torch.Tensor):
@@ -83,19 +86,21 @@ def edge_pairs(edge_index: torch.Tensor, shifts: torch.Tensor):
     return pair, first
 
 
-def edge_blocks(edge_index, n_atoms: int, block_size: int, pair: torch.Tensor) -> List[EdgeBlock]:
+def edge_blocks(edge_index, n_atoms: int, block_size: int, pair: torch.Tensor, first: torch.Tensor) -> List[EdgeBlock]:
     """Lay out the edges ``edge_index`` ``(2, E)`` (receivers in row 0, sorted) as blocks of about
-    ``block_size`` edges; the blocks cover all ``n_atoms`` receivers in order. ``pair`` ``(E,)``:
-    the pair of each edge (:func:`edge_pairs`)."""
+    ``block_size`` edges; the blocks cover all ``n_atoms`` receivers in order. ``pair`` ``(E,)``
+    and ``first`` ``(P,)``: the pair of each edge and an edge of each pair (:func:`edge_pairs`)."""
     e = edge_index.shape[1]
     device = edge_index.device
     receivers, senders = edge_index[0], edge_index[1]
+    phase = torch.where(first.index_select(0, pair) == torch.arange(e, device=device), 1, 2).to(torch.int8)
     blocks = []
     for r0, r1, b0, b1 in receiver_blocks(receivers, n_atoms, block_size):
         n, count = r1 - r0, b1 - b0
         if count == 0:
             empty = torch.zeros(0, dtype=torch.long, device=device)
-            blocks.append(EdgeBlock(r0, n, 0, empty, empty, torch.zeros(n, dtype=torch.long, device=device), empty))
+            blocks.append(EdgeBlock(r0, n, 0, empty, empty, torch.zeros(n, dtype=torch.long, device=device), empty,
+                                    empty.to(torch.int8)))
             continue
         rows = receivers[b0:b1] - r0
         counts = torch.bincount(rows, minlength=n)
@@ -108,5 +113,6 @@ def edge_blocks(edge_index, n_atoms: int, block_size: int, pair: torch.Tensor) -
         table.clamp_(min=0)
         edges = torch.where(filled, table + b0, e)
         blocks.append(EdgeBlock(r0, n, slots, edges, torch.where(filled, senders[b0:b1][table], 0), counts,
-                                torch.where(filled, pair[b0:b1][table], 0)))
+                                torch.where(filled, pair[b0:b1][table], 0),
+                                torch.where(filled, phase[b0:b1][table], 0).to(torch.int8)))
     return blocks

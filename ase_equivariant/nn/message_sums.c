@@ -63,6 +63,12 @@ INLINE void prefetch_rows(const void *p, int64_t bytes)
     for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch((const char *)p + b, 0, 2);
 }
 
+/* The same, for rows about to be written. */
+INLINE void prefetch_rows_for_writing(void *p, int64_t bytes)
+{
+    for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch((char *)p + b, 1, 2);
+}
+
 #define T float
 #define SUFFIX f32
 #include __FILE__
@@ -131,7 +137,7 @@ INLINE void CAT(forward_group, SUFFIX)(
  * in registers (D1 and D2 compile-time constants where the caller can make them so). */
 INLINE void CAT(backward_group, SUFFIX)(
     const group_t g, const int D2, const int D1, const T *y, const T *r, const T *xs, const T *G,
-    T *gy, T *gr, T *gx)
+    T *gy, T *gr, T *gx, const int accumulate)
 {
     const int64_t row = (int64_t)g.paths * g.d1 * g.mul;
     VB acc[MAX_DIM];
@@ -159,7 +165,8 @@ INLINE void CAT(backward_group, SUFFIX)(
                 grv += dz * xv[m1];
                 gxv[m1] += dz * rv;
             }
-            *(VB *)(gr + g.w_off + (int64_t)p * g.mul + u0) = grv;
+            if (accumulate) *(VB *)(gr + g.w_off + (int64_t)p * g.mul + u0) += grv;
+            else *(VB *)(gr + g.w_off + (int64_t)p * g.mul + u0) = grv;
         }
         for (int m1 = 0; m1 < D1; ++m1) *(VB *)(gx + g.x_off + (int64_t)m1 * g.mul + u0) += gxv[m1];
     }
@@ -178,7 +185,8 @@ INLINE void CAT(backward_group, SUFFIX)(
                 grp += dz * xm;
                 gx[g.x_off + (int64_t)m1 * g.mul + u0] += dz * rp;
             }
-            gr[g.w_off + (int64_t)p * g.mul + u0] = grp;
+            if (accumulate) gr[g.w_off + (int64_t)p * g.mul + u0] += grp;
+            else gr[g.w_off + (int64_t)p * g.mul + u0] = grp;
         }
     }
     for (int m2 = 0; m2 < D2; ++m2) {
@@ -287,33 +295,52 @@ void CAT(message_sums, SUFFIX)(
     }
 }
 
-/* Given grad_out = dL/dout (n, OD), for receivers 0 .. n-1: dL/dY (n*K, S) and dL/dR (n*K, W,
- * one row per slot), overwritten (zero for empty slots), and dL/dx added to the senders' rows of
- * grad_x (threads, N, D), an array for each thread; work: threads * QD scratch. */
+/* Given grad_out = dL/dout (n, OD), for receivers 0 .. n-1: dL/dY (n*K, S), overwritten (zero for
+ * empty slots), dL/dR in grad_R, and dL/dx added to the senders' rows of grad_x (threads, N, D), an
+ * array for each thread; work: threads * QD scratch.
+ * With phases NULL, grad_R has one row per slot (W wide), overwritten (zero for empty slots).
+ * Otherwise slot e's dL/dR goes to row grad_rows[e] of grad_R (the row of its pair of reverse
+ * edges), and only the slots with phases[e] == phase are visited: phase 1 (one slot of each
+ * pair, the call that also overwrites dL/dY) overwrites the row, phase 2 (the other slot) adds
+ * to it. Each row is then written by one slot at a time, whatever thread runs it. */
 void CAT(message_sums_backward, SUFFIX)(
     int64_t n, int threads, int64_t K, const int64_t *counts, const int64_t *senders,
     const T *Y, int64_t S, const T *R, const int64_t *rows, int64_t W, const T *x, int64_t N, int64_t D,
     const group_t *groups, int64_t n_groups, int64_t QD, const path_t *paths, int64_t n_paths, const T *coef,
-    const T *grad_out, int64_t OD, T *work, T *grad_Y, T *grad_R, T *grad_x)
+    const T *grad_out, int64_t OD, T *work, T *grad_Y, T *grad_R, const int64_t *grad_rows,
+    const int8_t *phases, int phase, T *grad_x)
 {
+    /* the groups' columns of R are disjoint; when they cover all W, a pair's row needs no zeros */
+    int64_t covered = 0;
+    for (int64_t gi = 0; gi < n_groups; ++gi) covered += (int64_t)groups[gi].paths * groups[gi].mul;
+    const int zero_rows = covered < W;
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t i = 0; i < n; ++i) {
         T *grad_x_thread = grad_x + (int64_t)THREAD * N * D;
         T *G = work + (int64_t)THREAD * QD;
         CAT(couple_transposed, SUFFIX)(groups, paths, n_paths, coef, grad_out + i * OD, G);
-        memset(grad_Y + i * K * S, 0, sizeof(T) * K * S);
+        if (!phases || phase == 1) memset(grad_Y + i * K * S, 0, sizeof(T) * K * S);
         /* columns of R of no group, and empty slots, get zero */
-        memset(grad_R + i * K * W, 0, sizeof(T) * K * W);
-        for (int64_t k = 0; k < counts[i]; ++k) {
+        if (!phases) memset(grad_R + i * K * W, 0, sizeof(T) * K * W);
+        int64_t k = 0;
+        while (k < counts[i] && phases && phases[i * K + k] != phase) ++k;
+        while (k < counts[i]) {
             const int64_t e = i * K + k;
-            if (k + 1 < counts[i]) { /* the next edge's rows, as in the forward pass */
-                prefetch_rows(R + (rows ? rows[e + 1] : e + 1) * W, W * sizeof(T));
-                prefetch_rows(x + senders[e + 1] * D, D * sizeof(T));
+            /* the next edge of this phase, whose rows are asked for (as in the forward pass) */
+            ++k;
+            while (k < counts[i] && phases && phases[i * K + k] != phase) ++k;
+            if (k < counts[i]) {
+                const int64_t next = i * K + k;
+                prefetch_rows(R + (rows ? rows[next] : next) * W, W * sizeof(T));
+                prefetch_rows(x + senders[next] * D, D * sizeof(T));
+                if (phases) prefetch_rows_for_writing(grad_R + grad_rows[next] * W, W * sizeof(T));
             }
+            T *gr = grad_R + (phases ? grad_rows[e] : e) * W;
+            if (phases && phase == 1 && zero_rows) memset(gr, 0, sizeof(T) * W);
             for (int64_t gi = 0; gi < n_groups; ++gi) {
                 const group_t g = groups[gi];
 #define BACKWARD(D2, D1) CAT(backward_group, SUFFIX)(g, D2, D1, Y + e * S + g.y_off, R + (rows ? rows[e] : e) * W, \
-    x + senders[e] * D, G, grad_Y + e * S + g.y_off, grad_R + e * W, grad_x_thread + senders[e] * D)
+    x + senders[e] * D, G, grad_Y + e * S + g.y_off, gr, grad_x_thread + senders[e] * D, phases && phase == 2)
 #define BACKWARD_D1(D2) switch (g.d1) { \
                     case 1: BACKWARD(D2, 1); break; \
                     case 3: BACKWARD(D2, 3); break; \

@@ -57,21 +57,29 @@ class Kernels:
             _ptr(out), _i64(out.shape[1]), _ptr(scratch))
 
     def backward(self, counts, senders, sh, weights, rows, x, groups, paths, coefficients, grad_out, scratch,
-                 grad_sh, grad_weights, grad_x, work: int):
+                 grad_sh, grad_weights, grad_x, work: int, grad_rows=None, phases=None, phase: int = 0):
         """The gradients of a block's coupled message sums, given ``grad_out (n, OD)``: with respect
-        to ``sh`` and each slot's weights, written into ``grad_sh (n, K, S)`` and
-        ``grad_weights (n*K, W)``, and with respect to ``x``, added into ``grad_x`` ``(T, N, D)``,
-        one array for each thread that may run (``T`` = :meth:`threads`), to be summed by the
-        caller. ``scratch``: as for :meth:`forward`."""
+        to ``sh``, written into ``grad_sh (n, K, S)``; to the radial weights, written into
+        ``grad_weights``; and to ``x``, added into ``grad_x`` ``(T, N, D)``, one array for each
+        thread that may run (``T`` = :meth:`threads`), to be summed by the caller. ``scratch``: as
+        for :meth:`forward`.
+
+        Without ``phases``, ``grad_weights`` ``(n*K, W)`` gets one row per slot. With ``phases``
+        ``(n*K,)`` int8 (1 or 2 for the two slots of a pair of reverse edges, 0 for an empty slot)
+        and ``grad_rows`` ``(n*K,)`` int64 (each slot's pair), only the slots of ``phase`` are
+        visited and their gradients go to row ``grad_rows[e]`` of ``grad_weights`` ``(P, W)``:
+        phase 1 (which also writes ``grad_sh``) overwrites the rows, phase 2 adds to them, so a
+        pair's row is its two slots' sum once every block has run both phases in that order."""
         n, k, s = sh.shape
         threads = self._threads(n, work)
         assert threads <= grad_x.shape[0] and scratch.shape[0] == self.threads()
+        assert (phases is None) == (grad_rows is None) and (phases is None or phase in (1, 2))
         self._functions[x.dtype][1](
             _i64(n), ctypes.c_int(threads), _i64(k), _ptr(counts), _ptr(senders), _ptr(sh), _i64(s), _ptr(weights),
             _ptr(rows), _i64(weights.shape[1]), _ptr(x), _i64(x.shape[0]), _i64(x.shape[1]), _ptr(groups),
             _i64(groups.shape[0]), _i64(scratch.shape[1]), _ptr(paths), _i64(paths.shape[0]), _ptr(coefficients),
             _ptr(grad_out), _i64(grad_out.shape[1]), _ptr(scratch), _ptr(grad_sh),
-            _ptr(grad_weights), _ptr(grad_x))
+            _ptr(grad_weights), _ptr(grad_rows), _ptr(phases), ctypes.c_int(phase), _ptr(grad_x))
 
     @staticmethod
     def threads() -> int:

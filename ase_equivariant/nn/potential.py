@@ -182,7 +182,7 @@ class EquivariantPotential(nn.Module):
         radial_embedding = self.radial_basis(r) * self.cutoff_function(r).unsqueeze(-1)
         sh = spherical_harmonics(self.config.lmax_sh, vectors, normalize=True)
         sh = torch.cat([sh, sh.new_zeros(1, sh.shape[1])])  # row E: the empty slot
-        blocks = edge_blocks(edge_index, len(types), self.edge_block, pair)
+        blocks = edge_blocks(edge_index, len(types), self.edge_block, pair, first)
         edges = EdgeInputs(blocks, [sh.index_select(0, block.edges).view(block.n, block.slots, sh.shape[1])
                                     for block in blocks], radial_embedding)
         x = self.species_embedding[types] * len(self.config.species) ** -0.5
