@@ -59,8 +59,11 @@ def edge_pairs(edge_index: torch.Tensor, shifts: torch.Tensor):
         shifts: ``(E, 3)`` integer cell shifts (any dtype holding integers).
 
     Returns:
-        pair: ``(E,)`` int64, the pair of each edge, in ``0 .. P-1``.
-        first: ``(P,)`` int64, an edge of each pair.
+        pair: ``(E,)`` int64, the pair of each edge, in ``0 .. P-1``, numbered in the order of the
+            pairs' lower atom index.
+        first: ``(P,)`` int64, an edge of each pair: the one received by its lower atom index
+            where there is one, so that the ``first`` edges of pairs ``0, 1, ...`` come in the
+            order of their receivers.
     """
     e = edge_index.shape[1]
     device = edge_index.device
@@ -82,7 +85,9 @@ def edge_pairs(edge_index: torch.Tensor, shifts: torch.Tensor):
     else:
         _, pair = torch.unique(torch.stack([a, b, s[:, 0], s[:, 1], s[:, 2]], dim=1), dim=0, return_inverse=True)
     first = torch.empty(int(pair.max()) + 1, dtype=torch.long, device=device)
-    first[pair] = torch.arange(e, device=device)
+    edges = torch.arange(e, device=device)
+    first[pair] = edges
+    first[pair[~flip]] = edges[~flip]  # the edge received by a, where the pair has one
     return pair, first
 
 
