@@ -740,7 +740,7 @@ def cell_list(positions, cell, pbc, cutoff, self_interaction=False, max_bins=Non
     ``|D| < cutoff`` is made with :func:`edge_vectors` in the dtype of ``positions``.  Raises
     ValueError, before any work, for wrong shapes or dtypes, NaN/inf, a cutoff that is not a
     finite positive number or a singular cell along a periodic axis; and when the cell is so
-    thin for the cutoff that more than ~10^9 periodic images would be needed.
+    thin for the cutoff that more than ~3 x 10^7 periodic images would be needed.
     """
     positions, cell, pbc, basis = _check_system(positions, cell, pbc)
     cutoff = _check_cutoff(cutoff)
