@@ -317,6 +317,21 @@ def _image_shifts(bins, pbc, n, m):
     return shifts, valid, coords
 
 
+def _image_count(image_shifts) -> int:
+    """How many periodic images :func:`_images` forms from ``image_shifts`` (see
+    :func:`_image_shifts`), without forming them."""
+    _, valid, _ = image_shifts
+    return int((valid[0].sum(1) * valid[1].sum(1) * valid[2].sum(1)).sum())
+
+
+def _refuse_too_many_images(images: int, cutoff: float, heights):
+    """Raise ValueError, before the search, when it would consider more than
+    :data:`_MAX_IMAGES` periodic images."""
+    if images > _MAX_IMAGES:
+        raise ValueError(f"cutoff {cutoff} Å spans too many periodic images ({images}, more than "
+                         f"{_MAX_IMAGES}) of a cell this thin: heights {heights} Å")
+
+
 def _images(image_shifts, m, stride):
     """All periodic images whose bin lies in the grid padded by ``m`` bins on each side.
 
@@ -562,14 +577,12 @@ def _cell_list(positions, cell, pbc, basis, cutoff, self_interaction, max_bins):
     if max_bins is None:
         max_bins = 8 * n_atoms + 4096
     inverse, heights = _inverse(basis)
-    # periodic images within the cutoff of the cell, about
-    images = round(n_atoms * math.prod(1 + 2 * cutoff / h if periodic else 1
-                                       for h, periodic in zip(heights, pbc)))
-    if images > _MAX_IMAGES:
-        raise ValueError(f"cutoff {cutoff} Å spans too many periodic images ({images}, more than "
-                         f"{_MAX_IMAGES}) of a cell this thin: heights {heights} Å")
     library = _compiled_search() if device.type == "cpu" else None
     if library is not None:
+        # the periodic images within the cutoff of the cell, about: what its loops visit
+        _refuse_too_many_images(round(n_atoms * math.prod(1 + 2 * cutoff / h if periodic else 1
+                                                          for h, periodic in zip(heights, pbc))),
+                                cutoff, heights)
         return library.search(positions, cell, pbc, inverse, cutoff, self_interaction, max_bins)
     return _torch_cell_list(positions, cell, pbc, inverse, heights, cutoff, self_interaction,
                             max_bins)
@@ -589,6 +602,7 @@ def _torch_cell_list(positions, cell, pbc, inverse, heights, cutoff, self_intera
     bins, wraps, n, m, strip, window = _bins(frac, pbc, heights, (cutoff + margin) * 1.001,
                                              max_bins)
     image_shifts = _image_shifts(bins, pbc, n, m)
+    _refuse_too_many_images(_image_count(image_shifts), cutoff, heights)  # the memory it needs
     grid = _Grid(bins, window, image_shifts, n, m, strip)
     wrapped = positions - wraps.to(dtype) @ cell
     origin = wrapped.min(dim=0).values  # keeps the coordinates small
