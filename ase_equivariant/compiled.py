@@ -14,8 +14,11 @@ import shlex
 import subprocess
 import sysconfig
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, TypeVar
+
+Library = TypeVar("Library")
 
 #: flags for the build, tried in order until the compiler accepts a set
 FLAGS = (["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"], ["-O3", "-ffp-contract=fast", "-fopenmp"],
@@ -82,3 +85,15 @@ def library(source: Path) -> Optional[Path]:
     if not target.exists():
         build(target, source)
     return target
+
+
+def load(source: Path, wrap: Callable[[Path], Library], fallback: str) -> Optional[Library]:
+    """``wrap(path)`` of the library built from ``source`` (see :func:`library`); ``None`` when
+    switched off, or when it cannot be built or loaded here, which a ``RuntimeWarning`` says,
+    naming the ``fallback`` that runs instead."""
+    try:
+        path = library(source)
+        return None if path is None else wrap(path)
+    except (OSError, RuntimeError) as error:
+        warnings.warn(f"ase_equivariant: using the slower {fallback} ({error})", RuntimeWarning)
+        return None

@@ -24,7 +24,6 @@ import functools
 import math
 import numbers
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -557,13 +556,7 @@ class _CompiledCellList:
 def _compiled_search():
     """The compiled cell list, built on first use; ``None`` if disabled
     (``ASE_EQUIVARIANT_NATIVE=0``) or if it cannot be built here (a warning says why, once)."""
-    try:
-        path = compiled.library(_SOURCE)
-        return None if path is None else _CompiledCellList(path)
-    except (OSError, RuntimeError) as error:
-        warnings.warn(f"ase_equivariant: using the slower pure-torch cell list ({error})",
-                      RuntimeWarning)
-        return None
+    return compiled.load(_SOURCE, _CompiledCellList, "pure-torch cell list")
 
 
 def _cell_list(positions, cell, pbc, basis, cutoff, self_interaction, max_bins):

@@ -8,7 +8,6 @@ pure-torch path, which computes the same numbers.
 """
 import ctypes
 import functools
-import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -99,9 +98,4 @@ def _i64(v: int):
 def kernels() -> Optional[Kernels]:
     """The compiled kernels, built on first use; ``None`` if disabled (``ASE_EQUIVARIANT_NATIVE=0``)
     or if they cannot be built here (a warning says why, once)."""
-    try:
-        path = compiled.library(SOURCE)
-        return None if path is None else Kernels(path)
-    except (OSError, RuntimeError) as error:
-        warnings.warn(f"ase_equivariant: using the slower pure-torch convolution ({error})", RuntimeWarning)
-        return None
+    return compiled.load(SOURCE, Kernels, "pure-torch convolution")
