@@ -69,6 +69,14 @@ INLINE void prefetch_rows_for_writing(void *p, int64_t bytes)
     for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch((char *)p + b, 1, 2);
 }
 
+/* The first of a receiver's slots k .. count-1 (its first slot is `first`) that the backward
+ * pass visits in `phase` (every slot when phases is NULL), or count. */
+INLINE int64_t slot_of_phase(const int8_t *phases, int phase, int64_t first, int64_t k, int64_t count)
+{
+    while (k < count && phases && phases[first + k] != phase) ++k;
+    return k;
+}
+
 #define T float
 #define SUFFIX f32
 #include __FILE__
@@ -322,13 +330,10 @@ void CAT(message_sums_backward, SUFFIX)(
         if (!phases || phase == 1) memset(grad_Y + i * K * S, 0, sizeof(T) * K * S);
         /* columns of R of no group, and empty slots, get zero */
         if (!phases) memset(grad_R + i * K * W, 0, sizeof(T) * K * W);
-        int64_t k = 0;
-        while (k < counts[i] && phases && phases[i * K + k] != phase) ++k;
-        while (k < counts[i]) {
+        for (int64_t k = slot_of_phase(phases, phase, i * K, 0, counts[i]); k < counts[i];) {
             const int64_t e = i * K + k;
             /* the next edge of this phase, whose rows are asked for (as in the forward pass) */
-            ++k;
-            while (k < counts[i] && phases && phases[i * K + k] != phase) ++k;
+            k = slot_of_phase(phases, phase, i * K, k + 1, counts[i]);
             if (k < counts[i]) {
                 const int64_t next = i * K + k;
                 prefetch_rows(R + (rows ? rows[next] : next) * W, W * sizeof(T));
