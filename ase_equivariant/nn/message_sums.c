@@ -23,7 +23,8 @@
  * (coef: the path's Clebsch-Gordan coefficients with its normalisation). Q lives only in a
  * buffer of the thread (work, threads * QD), receiver by receiver, hot in cache.
  *
- * Both kernels share the receivers of a block among `threads` OpenMP threads. Loaded into a
+ * Both kernels share the receivers of a block among `threads` OpenMP threads, in contiguous
+ * ranges of about equal work (so a given number of threads always adds in the same order). Loaded into a
  * process that has torch, the library uses torch's own OpenMP runtime (libgomp.so.1 is already
  * there), so its threads are the ones torch's operations just ran on. The inner loops run over
  * tiles of channels u with the rows of a tile held in registers; d2 (and d1 in the backward
@@ -37,9 +38,12 @@
 #ifdef _OPENMP
 #include <omp.h>
 #define THREAD omp_get_thread_num()
+#define TEAM omp_get_num_threads()
 #else
 #define THREAD 0
+#define TEAM 1
 #endif
+
 
 #define INLINE static inline __attribute__((always_inline))
 #define CAT_(a, b) a##_##b
@@ -67,6 +71,39 @@ INLINE void prefetch_rows(const void *p, int64_t bytes)
 INLINE void prefetch_rows_for_writing(void *p, int64_t bytes)
 {
     for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch((char *)p + b, 1, 2);
+}
+
+/* work[i] = the work done before receiver i (i = 0 .. n): a receiver's work is one for its
+ * coupling plus its slots that the call visits (those of `phase`; every slot when phases is NULL).
+ */
+static void receiver_work(int64_t n, int64_t K, const int64_t *counts, const int8_t *phases, int phase,
+                             int64_t *work)
+{
+    work[0] = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        int64_t visited = counts[i];
+        if (phases) {
+            visited = 0;
+            for (int64_t k = 0; k < counts[i]; ++k) visited += phases[i * K + k] == phase;
+        }
+        work[i + 1] = work[i] + 1 + visited;
+    }
+}
+
+/* The first receiver of thread t of a team of `team`: contiguous ranges of receivers of about
+ * equal work (`work` from receiver_work, increasing), the same for every run with that team. In
+ * the backward pass the two phases visit the two edges of each pair, those received by the lower
+ * and by the higher atom: by receiver count alone the first thread would get most of phase 1. */
+static int64_t first_receiver(int64_t n, const int64_t *work, int t, int team)
+{
+    const int64_t target = (int64_t)((double)work[n] * t / team);
+    int64_t lo = 0, hi = n; /* the first i with work[i] >= target */
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        if (work[mid] < target) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
 }
 
 /* The first of a receiver's slots k .. count-1 (its first slot is `first`) that the backward
@@ -269,15 +306,18 @@ static void CAT(couple_transposed, SUFFIX)(const group_t *groups, const path_t *
     }
 }
 
-/* out[i] (n, OD) for receivers 0 .. n-1 (overwritten); work: threads * QD scratch. */
+/* out[i] (n, OD) for receivers 0 .. n-1 (overwritten); work: threads * QD scratch, shares: n + 1
+ * int64 scratch (how the receivers are shared among the threads). */
 void CAT(message_sums, SUFFIX)(
     int64_t n, int threads, int64_t K, const int64_t *counts, const int64_t *senders,
     const T *Y, int64_t S, const T *R, const int64_t *rows, int64_t W, const T *x, int64_t D,
     const group_t *groups, int64_t n_groups, int64_t QD, const path_t *paths, int64_t n_paths, const T *coef,
-    T *out, int64_t OD, T *work)
+    T *out, int64_t OD, T *work, int64_t *shares)
 {
-    #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t i = 0; i < n; ++i) {
+    receiver_work(n, K, counts, NULL, 0, shares);
+    #pragma omp parallel num_threads(threads)
+    for (int64_t i = first_receiver(n, shares, THREAD, TEAM), end = first_receiver(n, shares, THREAD + 1, TEAM);
+         i < end; ++i) {
         T *q = work + (int64_t)THREAD * QD;
         /* the rows of R and x of an edge lie anywhere in arrays larger than the caches: those
          * of the next receiver are asked for while this one computes (~7 % of a call) */
@@ -310,20 +350,23 @@ void CAT(message_sums, SUFFIX)(
  * Otherwise slot e's dL/dR goes to row grad_rows[e] of grad_R (the row of its pair of reverse
  * edges), and only the slots with phases[e] == phase are visited: phase 1 (one slot of each
  * pair, the call that also overwrites dL/dY) overwrites the row, phase 2 (the other slot) adds
- * to it. Each row is then written by one slot at a time, whatever thread runs it. */
+ * to it. Each row is then written by one slot at a time, whatever thread runs it. shares: as for
+ * the forward pass. */
 void CAT(message_sums_backward, SUFFIX)(
     int64_t n, int threads, int64_t K, const int64_t *counts, const int64_t *senders,
     const T *Y, int64_t S, const T *R, const int64_t *rows, int64_t W, const T *x, int64_t N, int64_t D,
     const group_t *groups, int64_t n_groups, int64_t QD, const path_t *paths, int64_t n_paths, const T *coef,
     const T *grad_out, int64_t OD, T *work, T *grad_Y, T *grad_R, const int64_t *grad_rows,
-    const int8_t *phases, int phase, T *grad_x)
+    const int8_t *phases, int phase, T *grad_x, int64_t *shares)
 {
     /* the groups' columns of R are disjoint; when they cover all W, a pair's row needs no zeros */
     int64_t covered = 0;
     for (int64_t gi = 0; gi < n_groups; ++gi) covered += (int64_t)groups[gi].paths * groups[gi].mul;
     const int zero_rows = covered < W;
-    #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t i = 0; i < n; ++i) {
+    receiver_work(n, K, counts, phases, phase, shares);
+    #pragma omp parallel num_threads(threads)
+    for (int64_t i = first_receiver(n, shares, THREAD, TEAM), end = first_receiver(n, shares, THREAD + 1, TEAM);
+         i < end; ++i) {
         T *grad_x_thread = grad_x + (int64_t)THREAD * N * D;
         T *G = work + (int64_t)THREAD * QD;
         CAT(couple_transposed, SUFFIX)(groups, paths, n_paths, coef, grad_out + i * OD, G);

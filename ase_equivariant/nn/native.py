@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 
 from .. import compiled
+from ..scratch import scratch
 
 SOURCE = Path(__file__).with_name("message_sums.c")
 
@@ -53,7 +54,7 @@ class Kernels:
             _i64(n), ctypes.c_int(self._threads(n, work)), _i64(k), _ptr(counts), _ptr(senders), _ptr(sh), _i64(s),
             _ptr(weights), _ptr(rows), _i64(weights.shape[1]), _ptr(x), _i64(x.shape[1]), _ptr(groups),
             _i64(groups.shape[0]), _i64(scratch.shape[1]), _ptr(paths), _i64(paths.shape[0]), _ptr(coefficients),
-            _ptr(out), _i64(out.shape[1]), _ptr(scratch))
+            _ptr(out), _i64(out.shape[1]), _ptr(scratch), _ptr(_shares(n)))
 
     def backward(self, counts, senders, sh, weights, rows, x, groups, paths, coefficients, grad_out, scratch,
                  grad_sh, grad_weights, grad_x, work: int, grad_rows=None, phases=None, phase: int = 0):
@@ -78,12 +79,17 @@ class Kernels:
             _ptr(rows), _i64(weights.shape[1]), _ptr(x), _i64(x.shape[0]), _i64(x.shape[1]), _ptr(groups),
             _i64(groups.shape[0]), _i64(scratch.shape[1]), _ptr(paths), _i64(paths.shape[0]), _ptr(coefficients),
             _ptr(grad_out), _i64(grad_out.shape[1]), _ptr(scratch), _ptr(grad_sh),
-            _ptr(grad_weights), _ptr(grad_rows), _ptr(phases), ctypes.c_int(phase), _ptr(grad_x))
+            _ptr(grad_weights), _ptr(grad_rows), _ptr(phases), ctypes.c_int(phase), _ptr(grad_x), _ptr(_shares(n)))
 
     @staticmethod
     def threads() -> int:
         """The most threads a call may use: torch's number of threads."""
         return torch.get_num_threads()
+
+
+def _shares(n: int) -> torch.Tensor:
+    """Scratch for the kernels' sharing of ``n`` receivers among threads: ``n + 1`` int64."""
+    return scratch("native.shares", n + 1, torch.int64, torch.device("cpu"))
 
 
 def _ptr(t: Optional[torch.Tensor]):
