@@ -133,6 +133,44 @@ def test_save_load_round_trip(tmp_path):
     assert np.array_equal(energies_of(load_model(path, dtype="float64"), atoms), energies_of(rounded, atoms))
 
 
+def test_frozen_weights_changed_after_a_call_are_used():
+    """Tensors derived from frozen weights (scaled matrices, kept between calls: nn/derived.py)
+    follow the weights: changed in place, loaded from a state dict, or moved to another dtype."""
+    atoms = small_cell()
+    model = random_model(species=(1, 8, 13, 29), channels=8, num_blocks=2, seed=5, dtype="float64")
+    other = random_model(species=(1, 8, 13, 29), channels=8, num_blocks=2, seed=6, dtype="float64")
+    for net in (model, other):
+        net.requires_grad_(False)
+    expected = energies_of(other, atoms)
+    energies_of(model, atoms)  # fills the caches
+    model.load_state_dict(other.state_dict())  # copies in place
+    np.testing.assert_array_equal(energies_of(model, atoms), expected)
+    with torch.no_grad():
+        for w in model.parameters():
+            w.mul_(1.1)
+    assert not np.allclose(energies_of(model, atoms), expected)
+    model.load_state_dict(other.state_dict())
+    np.testing.assert_array_equal(energies_of(model, atoms), expected)
+    np.testing.assert_allclose(energies_of(model.float(), atoms), expected, rtol=1e-5, atol=1e-5)
+    model.double().load_state_dict(other.state_dict())
+    # weights that require gradients are differentiated through, as in a model never frozen
+    model.requires_grad_(True)
+    fresh = random_model(species=(1, 8, 13, 29), channels=8, num_blocks=2, seed=6, dtype="float64")
+    for a, b in zip(weight_gradients(model, atoms), weight_gradients(fresh, atoms)):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+
+
+def weight_gradients(net, atoms):
+    """dE/dw for every parameter of ``net`` (None where the energy does not depend on it)."""
+    i, j, S = neighbor_list("ijS", atoms, net.cutoff)
+    energy = net(torch.tensor(atoms.positions), torch.tensor(atoms.numbers),
+                 torch.tensor(np.stack([i, j]), dtype=torch.int64), torch.tensor(S),
+                 torch.tensor(atoms.cell.array)).sum()
+    return torch.autograd.grad(energy, list(net.parameters()), allow_unused=True)
+
+
 def test_weight_file_is_weights_only(tmp_path, tiny):
     for path in (data_path("sevennet-0.pt"), tmp_path / "tiny.pt"):
         if path.name == "tiny.pt":

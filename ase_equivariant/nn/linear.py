@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from ..o3 import Irreps
+from .derived import derived
 
 
 class EquivariantLinear(nn.Module):
@@ -45,11 +46,11 @@ class EquivariantLinear(nn.Module):
         n = x.shape[0]
         x_blocks = x.split(self._in_dims, dim=1)  # one split, not many slices: cheaper backward
         out = []
-        for (mul_out, ir_out), sources, w in zip(self.irreps_out, self._sources, self.weights):
+        for k, ((mul_out, ir_out), sources, w) in enumerate(zip(self.irreps_out, self._sources, self.weights)):
             if not sources:
                 out.append(x.new_zeros(n, mul_out * ir_out.dim))
                 continue
-            w = w * w.shape[0] ** -0.5
+            w = derived(self, k, [w], lambda w=w: w * w.shape[0] ** -0.5)
             y, row = None, 0
             for b, mul, dim in sources:  # ([2l+1], N, mul) @ (mul, mul_out) -> ([2l+1], N, mul_out)
                 part = torch.matmul(x_blocks[b].view(n, dim, mul).transpose(0, 1), w[row:row + mul])

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from .activations import ScaledActivation
+from .derived import derived
 
 
 class RadialMLP(nn.Module):
@@ -34,8 +35,9 @@ class RadialMLP(nn.Module):
         the activation's scale (it is folded into the next layer's weights: one pass less over
         the activations, forward and backward)."""
         scale = 1.0
-        for w in list(self.weights)[:-1]:  # a slice of a ParameterList would build a new one
-            x = self.act.f(x @ (w * (scale * w.shape[0] ** -0.5)))
+        for k, w in enumerate(list(self.weights)[:-1]):  # a slice of a ParameterList would build a new one
+            w = derived(self, k, [w], lambda w=w, scale=scale: w * (scale * w.shape[0] ** -0.5))
+            x = self.act.f(x @ w)
             scale = self.act.scale
         return x
 
@@ -43,6 +45,8 @@ class RadialMLP(nn.Module):
         """The last layer's output ``columns`` (int64 indices, in that order) as a
         ``(sizes[-2], len(columns))`` matrix to apply to :meth:`hidden`'s activations, normalisation
         and activation scale included, times ``factor``."""
-        w = self.weights[-1].index_select(1, columns)
-        scale = self.act.scale if len(self.weights) > 1 else 1.0
-        return w * (factor * scale * w.shape[0] ** -0.5)
+        def compute():
+            w = self.weights[-1].index_select(1, columns)
+            scale = self.act.scale if len(self.weights) > 1 else 1.0
+            return w * (factor * scale * w.shape[0] ** -0.5)
+        return derived(self, ("output", factor), [self.weights[-1], columns], compute)
