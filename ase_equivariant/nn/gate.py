@@ -49,9 +49,17 @@ class Gate(nn.Module):
         ) if len(blocks) else torch.zeros(0, dtype=torch.long)
         n_scalar = sum(mul for mul, _ in scalars)
         n_gate = sum(mul for mul, _ in gates)
-        self.register_buffer("_scalar_index", index[:n_scalar], persistent=False)
-        self.register_buffer("_gate_index", index[n_scalar:n_scalar + n_gate], persistent=False)
-        self.register_buffer("_gated_index", index[n_scalar + n_gate:], persistent=False)
+        # each part's columns: a slice where they are a range (as when the gates come right after
+        # the scalars), taken as a view, else the name of a buffer of their indices
+        self._parts = {}
+        for part, columns in (("scalars", index[:n_scalar]), ("gates", index[n_scalar:n_scalar + n_gate]),
+                              ("gated", index[n_scalar + n_gate:])):
+            first = int(columns[0]) if len(columns) else 0
+            if torch.equal(columns, torch.arange(first, first + len(columns))):
+                self._parts[part] = slice(first, first + len(columns))
+            else:
+                self._parts[part] = f"_{part}_columns"
+                self.register_buffer(self._parts[part], columns, persistent=False)
         parity_name = {1: "e", -1: "o"}
         self._scalar_acts = [(mul, act_scalars[parity_name[ir.p]]) for mul, ir in scalars]
         self._gate_act = act_gates[parity_name[gate_parity]]
@@ -61,19 +69,24 @@ class Gate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, irreps_in.dim)`` → ``(N, irreps_out.dim)``, channel-last (blocks ``[2l+1, mul]``)."""
-        s = x[:, self._scalar_index]
+        s = self._columns(x, "scalars")
         if len(self._scalar_acts) == 1:
             s = self._scalar_acts[0][1](s)
         else:
             s = torch.cat([act(part) for (_, act), part in
                            zip(self._scalar_acts, s.split([m for m, _ in self._scalar_acts], dim=1))], dim=1)
-        if self._gate_index.numel() == 0:
+        if not self._gated_shapes:
             return s
-        gates = self._gate_act(x[:, self._gate_index]).split([mul for mul, _ in self._gated_shapes], dim=1)
-        gated = x[:, self._gated_index].split([mul * dim for mul, dim in self._gated_shapes], dim=1)
+        gates = self._gate_act(self._columns(x, "gates")).split([mul for mul, _ in self._gated_shapes], dim=1)
+        gated = self._columns(x, "gated").split([mul * dim for mul, dim in self._gated_shapes], dim=1)
         n = x.shape[0]
         return torch.cat([s] + [(v.view(n, dim, mul) * g.unsqueeze(1)).view(n, -1)
                                 for v, g, (mul, dim) in zip(gated, gates, self._gated_shapes)], dim=1)
+
+    def _columns(self, x: torch.Tensor, part: str) -> torch.Tensor:
+        """The columns of ``x`` that hold ``part`` (``"scalars"``, ``"gates"`` or ``"gated"``)."""
+        columns = self._parts[part]
+        return x[:, columns] if isinstance(columns, slice) else x.index_select(1, getattr(self, columns))
 
     def extra_repr(self) -> str:
         return f"{self.irreps_in} -> {self.irreps_out}"

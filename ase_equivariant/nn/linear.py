@@ -15,7 +15,8 @@ class EquivariantLinear(nn.Module):
     ``[2l+1, mul]`` (as everywhere inside the network; see :mod:`.potential`). A source block is a
     strided ``(N, mul)`` matrix per component ``m``; its product with the ``(mul, mul_out)``
     weights runs as one batched product over the ``2l+1`` components (``N``-row matrices; batching
-    over atoms instead would make ``N`` products of one to seven rows each).
+    over atoms instead would make ``N`` products of one to seven rows each), for scalars one
+    plain product.
 
     Args:
         irreps_in, irreps_out: the input and output irreps.
@@ -53,10 +54,11 @@ class EquivariantLinear(nn.Module):
             w = derived(self, k, [w], lambda w=w: w * w.shape[0] ** -0.5)
             y, row = None, 0
             for b, mul, dim in sources:  # ([2l+1], N, mul) @ (mul, mul_out) -> ([2l+1], N, mul_out)
-                part = torch.matmul(x_blocks[b].view(n, dim, mul).transpose(0, 1), w[row:row + mul])
+                source = x_blocks[b] if dim == 1 else x_blocks[b].view(n, dim, mul).transpose(0, 1)
+                part = torch.matmul(source, w[row:row + mul])
                 y = part if y is None else y + part
                 row += mul
-            out.append(y.transpose(0, 1).reshape(n, -1))
+            out.append(y if ir_out.dim == 1 else y.transpose(0, 1).reshape(n, -1))
         return torch.cat(out, dim=1) if len(out) > 1 else out[0]
 
     def extra_repr(self) -> str:
