@@ -1,0 +1,52 @@
+"""The equivariant linear layer against its definition, on both of its paths: block products
+(many atoms) and one product with the dense matrix of the map (few atoms)."""
+import pytest
+import torch
+
+from ase_equivariant.nn import linear
+from ase_equivariant.nn.linear import EquivariantLinear
+from ase_equivariant.o3 import Irreps
+
+# two input blocks of 1o feed one output block; 0o has no source (zero output); 2e is dropped
+IRREPS_IN, IRREPS_OUT = "3x0e+2x1o+2x2e+1x1o", "2x1o+4x0e+1x0o"
+
+
+def by_definition(layer: EquivariantLinear, x: torch.Tensor) -> torch.Tensor:
+    """y[w, m] = sum over the input blocks of the output's irrep, in order, of W[u, w] x[u, m] / sqrt(n)."""
+    n = x.shape[0]
+    blocks, start = [], 0
+    for mul, ir in layer.irreps_in:  # channel-last: [2l+1, mul] per block
+        blocks.append((ir, x[:, start:start + mul * ir.dim].view(n, ir.dim, mul)))
+        start += mul * ir.dim
+    out = []
+    for (mul_out, ir_out), w in zip(layer.irreps_out, layer.weights):
+        sources = torch.cat([b for ir, b in blocks if ir == ir_out], dim=2) if w.shape[0] else None
+        y = torch.zeros(n, ir_out.dim, mul_out, dtype=x.dtype) if sources is None else \
+            torch.einsum("nmu,uw->nmw", sources, w) / w.shape[0] ** 0.5
+        out.append(y.reshape(n, -1))
+    return torch.cat(out, dim=1)
+
+
+@pytest.mark.parametrize("dense", [True, False])
+@pytest.mark.parametrize("frozen", [True, False])
+def test_linear_matches_its_definition(monkeypatch, dense, frozen):
+    monkeypatch.setattr(linear, "DENSE_MULTIPLY_ADDS", 2**40 if dense else 0)
+    torch.manual_seed(0)
+    layer = EquivariantLinear(IRREPS_IN, IRREPS_OUT).double().requires_grad_(not frozen)
+    x = torch.randn(5, Irreps(IRREPS_IN).dim, dtype=torch.float64, requires_grad=True)
+    for _ in range(2):  # the second call reuses what frozen weights let it keep
+        y = layer(x)
+        torch.testing.assert_close(y, by_definition(layer, x), rtol=1e-12, atol=1e-12)
+    # gradients of the input, and of the weights where they require them, as by the definition
+    g = torch.randn_like(y)
+    wanted = [x] + ([] if frozen else [w for w in layer.weights if w.numel()])
+    ours = torch.autograd.grad(y, wanted, g)
+    expected = torch.autograd.grad(by_definition(layer, x), wanted, g)
+    for a, b in zip(ours, expected):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_dense_path_is_taken_for_few_atoms_only():
+    layer = EquivariantLinear("128x0e+64x1e+32x2e", "128x0e+64x1e+32x2e")
+    width = layer.irreps_in.dim * layer.irreps_out.dim
+    assert 9 * width <= linear.DENSE_MULTIPLY_ADDS < 108 * width
