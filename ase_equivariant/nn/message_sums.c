@@ -136,8 +136,32 @@ typedef T CAT(vbackward, SUFFIX) __attribute__((vector_size(32), aligned(sizeof(
 #define TF ((int)(sizeof(VF) / sizeof(T)))
 #define TB ((int)(sizeof(VB) / sizeof(T)))
 
-/* Forward, one group of receiver i: for every (p, m1) and tile of channels, the d2 rows of
- * sums are accumulated in registers over the receiver's edges, then stored. */
+/* Forward, channels u0 .. u0 + NT*TF - 1 of row (p, m1) of one group of receiver i: the d2 rows
+ * of sums of each of the NT tiles are accumulated in registers over the receiver's edges, then
+ * stored. NT (1, 2 or 4) is a compile-time constant: the tiles share each edge's loads of Y
+ * (forward kernels ~20 % faster with 4 than with 1, microbenchmark of Cu864's middle layers). */
+INLINE void CAT(forward_tiles, SUFFIX)(
+    const group_t g, const int D2, const int NT, int u0, int64_t i, int64_t K, int64_t count, const int64_t *senders,
+    const T *Y, int64_t S, const T *R, const int64_t *rows, int64_t W, int64_t r_col, const T *x, int64_t D,
+    int64_t x_col, T *qpm, int64_t row)
+{
+    VF acc[4][MAX_DIM];
+    for (int t = 0; t < 4; ++t) /* (those of tiles NT .. 3 unused) */
+        for (int m2 = 0; m2 < D2; ++m2) acc[t][m2] = (VF){0};
+    for (int64_t k = 0; k < count; ++k) {
+        const int64_t e = i * K + k;
+        const T *r = R + (rows ? rows[e] : e) * W + r_col + u0, *xe = x + senders[e] * D + x_col + u0;
+        const T *y = Y + e * S + g.y_off;
+        for (int t = 0; t < NT; ++t) {
+            const VF z = *(const VF *)(r + t * TF) * *(const VF *)(xe + t * TF);
+            for (int m2 = 0; m2 < D2; ++m2) acc[t][m2] += y[m2] * z;
+        }
+    }
+    for (int t = 0; t < NT; ++t)
+        for (int m2 = 0; m2 < D2; ++m2) *(VF *)(qpm + m2 * row + u0 + t * TF) = acc[t][m2];
+}
+
+/* Forward, one group of receiver i: every (p, m1) and tile of channels (see forward_tiles). */
 INLINE void CAT(forward_group, SUFFIX)(
     const group_t g, const int D2, int64_t i, int64_t K, int64_t count, const int64_t *senders,
     const T *Y, int64_t S, const T *R, const int64_t *rows, int64_t W, const T *x, int64_t D, T *q)
@@ -148,18 +172,13 @@ INLINE void CAT(forward_group, SUFFIX)(
             T *qpm = q + g.q_off + (int64_t)(p * g.d1 + m1) * g.mul;
             const int64_t r_col = g.w_off + (int64_t)p * g.mul, x_col = g.x_off + (int64_t)m1 * g.mul;
             int u0 = 0;
-            for (; u0 + TF <= g.mul; u0 += TF) {
-                VF acc[MAX_DIM];
-                for (int m2 = 0; m2 < D2; ++m2) acc[m2] = (VF){0};
-                for (int64_t k = 0; k < count; ++k) {
-                    const int64_t e = i * K + k;
-                    const VF z = *(const VF *)(R + (rows ? rows[e] : e) * W + r_col + u0)
-                               * *(const VF *)(x + senders[e] * D + x_col + u0);
-                    const T *y = Y + e * S + g.y_off;
-                    for (int m2 = 0; m2 < D2; ++m2) acc[m2] += y[m2] * z;
-                }
-                for (int m2 = 0; m2 < D2; ++m2) *(VF *)(qpm + m2 * row + u0) = acc[m2];
-            }
+#define TILES(NT) CAT(forward_tiles, SUFFIX)(g, D2, NT, u0, i, K, count, senders, Y, S, R, rows, W, r_col, x, D, \
+                                             x_col, qpm, row)
+            if (D2 <= 5) /* 4 x d2 accumulators in registers */
+                for (; u0 + 4 * TF <= g.mul; u0 += 4 * TF) TILES(4);
+            for (; u0 + 2 * TF <= g.mul; u0 += 2 * TF) TILES(2);
+            for (; u0 + TF <= g.mul; u0 += TF) TILES(1);
+#undef TILES
             for (; u0 < g.mul; ++u0) { /* channels left over when mul is no multiple of TF */
                 T acc[MAX_DIM] = {0};
                 for (int64_t k = 0; k < count; ++k) {
