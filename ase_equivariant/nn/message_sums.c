@@ -139,7 +139,7 @@ typedef T CAT(vbackward, SUFFIX) __attribute__((vector_size(32), aligned(sizeof(
 /* Forward, channels u0 .. u0 + NT*TF - 1 of row (p, m1) of one group of receiver i: the d2 rows
  * of sums of each of the NT tiles are accumulated in registers over the receiver's edges, then
  * stored. NT (1, 2 or 4) is a compile-time constant: the tiles share each edge's loads of Y
- * (forward kernels ~20 % faster with 4 than with 1, microbenchmark of Cu864's middle layers). */
+ * (forward kernels ~20 % faster with 4 than with 1: benchmarks/kernels_micro.c, n = 864). */
 INLINE void CAT(forward_tiles, SUFFIX)(
     const group_t g, const int D2, const int NT, int u0, int64_t i, int64_t K, int64_t count, const int64_t *senders,
     const T *Y, int64_t S, const T *R, const int64_t *rows, int64_t W, int64_t r_col, const T *x, int64_t D,
