@@ -90,7 +90,13 @@ class EquivariantCalculator(Calculator):
                     "slabs, wires and molecules have no well-defined volume"
                 )
         gradients = any(p in properties for p in ("forces", "stress", "stresses"))
+        # under a caller's torch.inference_mode() the energy would have no graph, and tensors
+        # made here could not be used by later calls outside it
+        with torch.inference_mode(False):
+            self._evaluate(atoms, gradients, periodic)
 
+    def _evaluate(self, atoms, gradients: bool, periodic: bool):
+        """Energies and, with ``gradients``, forces, stress and per-atom stresses into ``results``."""
         kw = dict(dtype=self.dtype, device=self.device)
         positions = torch.as_tensor(atoms.positions, **kw)
         cell = torch.as_tensor(atoms.cell.array, **kw)

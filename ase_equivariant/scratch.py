@@ -20,6 +20,8 @@ def scratch(name: str, numel: int, dtype: torch.dtype, device) -> torch.Tensor:
         return torch.empty(numel, dtype=dtype, device=device)
     buffers = _buffers.__dict__.setdefault("buffers", {})
     buffer = buffers.get((name, dtype))
-    if buffer is None or buffer.numel() < numel:
+    # a buffer made under torch.inference_mode() cannot be written outside it
+    stale = buffer is not None and buffer.is_inference() and not torch.is_inference_mode_enabled()
+    if buffer is None or buffer.numel() < numel or stale:
         buffer = buffers[(name, dtype)] = torch.empty(numel, dtype=dtype)
     return buffer[:numel]

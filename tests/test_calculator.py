@@ -10,6 +10,7 @@ from ase.filters import FrechetCellFilter
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ase.md.verlet import VelocityVerlet
+from ase.neighborlist import neighbor_list
 from ase.optimize import BFGS
 
 from ase_equivariant import EquivariantCalculator
@@ -128,6 +129,45 @@ def test_energy_only_call_builds_no_graph(tiny, monkeypatch):
     atoms.get_potential_energy()
     assert seen == [False]
     assert torch.get_default_dtype() == torch.float32 and torch.is_grad_enabled()
+
+
+def model_inputs(atoms, model):
+    """The model's inputs for ``atoms`` (neighbour list by ASE), in the model's dtype."""
+    dtype = next(model.parameters()).dtype
+    i, j, S = neighbor_list("ijS", atoms, model.cutoff)
+    return (torch.tensor(atoms.positions, dtype=dtype), torch.tensor(atoms.numbers),
+            torch.tensor(np.stack([i, j]), dtype=torch.int64), torch.tensor(S),
+            torch.tensor(atoms.cell.array, dtype=dtype))
+
+
+def test_calls_under_inference_mode_then_outside_it():
+    """Forces under a caller's ``torch.inference_mode()`` are the forces (not zeros), and what
+    such a call leaves behind (scratch space, tensors kept from the frozen weights) serves later
+    calls outside it."""
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)
+    atoms.rattle(0.05, seed=4)
+    calc = EquivariantCalculator()  # with a skin: neighbour lists kept between calls
+    atoms.calc = calc
+    fresh = atoms.copy()
+    fresh.calc = EquivariantCalculator(skin=0.0)
+    with torch.inference_mode():
+        calc.model(*model_inputs(atoms, calc.model))  # the model itself, as a user may call it
+        atoms.get_potential_energy()
+        forces = atoms.get_forces()  # autograd, although the caller switched it off
+    np.testing.assert_allclose(forces, fresh.get_forces(), rtol=0, atol=1e-5)
+    atoms.rattle(0.01, seed=5)
+    fresh.positions = atoms.positions
+    forces, stress = atoms.get_forces(), atoms.get_stress()
+    np.testing.assert_allclose(forces, fresh.get_forces(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(stress, fresh.get_stress(), rtol=0, atol=1e-6)
+
+
+def test_scratch_made_under_inference_mode_is_writable_outside_it():
+    from ase_equivariant.scratch import scratch
+    with torch.inference_mode():
+        scratch("test.inference", 10, torch.float64, "cpu").fill_(1.0)
+    scratch("test.inference", 10, torch.float64, "cpu").fill_(2.0)  # no RuntimeError
+    assert not scratch("test.inference", 10, torch.float64, "cpu").is_inference()
 
 
 def test_skin_reuse_equals_fresh_list_along_md(tiny):

@@ -19,8 +19,17 @@ def derived(owner: object, name: str, parameters: Sequence[torch.Tensor], comput
         return compute()
     cache = owner.__dict__.setdefault("_derived", {})
     hit = cache.get(name)
-    # the entry holds the parameters' storage: no other tensor can take its address meanwhile
-    if hit is None or any(kept.data_ptr() != p.data_ptr() or (kept.dtype, kept.device) != (p.dtype, p.device)
-                          or version != p._version for (kept, version), p in zip(hit[0], parameters)):
+    if hit is None or _stale(hit, parameters):
         hit = cache[name] = ([(p.detach(), p._version) for p in parameters], compute())
     return hit[1]
+
+
+def _stale(hit, parameters) -> bool:
+    """Whether the kept entry ``hit`` no longer describes ``parameters``. The entry holds the
+    parameters' storage, so no other tensor can take its address meanwhile. A tensor made under
+    ``torch.inference_mode()`` cannot be saved for a backward pass outside it: formed again."""
+    kept, value = hit
+    if value.is_inference() and not torch.is_inference_mode_enabled():
+        return True
+    return any(old.data_ptr() != p.data_ptr() or (old.dtype, old.device) != (p.dtype, p.device)
+               or version != p._version for (old, version), p in zip(kept, parameters))
