@@ -24,11 +24,11 @@
  * buffer of the thread (work, threads * QD), receiver by receiver, hot in cache.
  *
  * Both kernels share the receivers of a block among `threads` OpenMP threads, in contiguous
- * ranges of about equal work (so a given number of threads always adds in the same order). Loaded into a
- * process that has torch, the library uses torch's own OpenMP runtime (libgomp.so.1 is already
- * there), so its threads are the ones torch's operations just ran on. The inner loops run over
- * tiles of channels u with the rows of a tile held in registers; d2 (and d1 in the backward
- * pass) are made compile-time constants for 1, 3, 5 and 7 (l up to 3).
+ * ranges of about equal work (so a given number of threads always adds in the same order).
+ * Loaded into a process that has torch, the library uses torch's own OpenMP runtime
+ * (libgomp.so.1 is already there), so its threads are the ones torch's operations just ran on.
+ * The inner loops run over tiles of channels u with the rows of a tile held in registers; d2
+ * (and d1 in the backward pass) are made compile-time constants for 1, 3, 5 and 7 (l up to 3).
  *
  * The file is compiled once: it includes itself twice, for float (suffix f32) and double (f64).
  */
@@ -43,7 +43,6 @@
 #define THREAD 0
 #define TEAM 1
 #endif
-
 
 #define INLINE static inline __attribute__((always_inline))
 #define CAT_(a, b) a##_##b
