@@ -35,6 +35,9 @@
 #ifndef T
 #include <stdint.h>
 #include <string.h>
+#ifdef __AVX__
+#include <immintrin.h>
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #define THREAD omp_get_thread_num()
@@ -58,6 +61,9 @@ typedef struct {
     int group, p, d3, out_off, coef_off, out_stride;
 } path_t;
 
+/* how the backward pass stores a row of dL/dR (backward_group) */
+typedef enum { WRITE, AROUND, ADD } store_t;
+
 int max_dim(void) { return MAX_DIM; }
 
 /* Ask for the `bytes` from p to be brought into cache (level 2 and up), one line at a time. */
@@ -70,6 +76,14 @@ INLINE void prefetch_rows(const void *p, int64_t bytes)
 INLINE void prefetch_rows_for_writing(void *p, int64_t bytes)
 {
     for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch((char *)p + b, 1, 2);
+}
+
+/* Makes the stores around the caches (store_around_caches) visible to whoever reads next. */
+INLINE void store_fence(void)
+{
+#ifdef __AVX__
+    _mm_sfence();
+#endif
 }
 
 /* work[i] = the work done before receiver i (i = 0 .. n): a receiver's work is one for its
@@ -135,6 +149,23 @@ typedef T CAT(vbackward, SUFFIX) __attribute__((vector_size(32), aligned(sizeof(
 #define TF ((int)(sizeof(VF) / sizeof(T)))
 #define TB ((int)(sizeof(VB) / sizeof(T)))
 
+/* *(VB *)p = v, bypassing the caches where the processor can (AVX, p 32-byte aligned): for rows
+ * that are written once and read again only after much else (the backward pass's phase 1 writes
+ * a pair's row of dL/dR, phase 2 adds to it a whole sweep later, the caches long since filled
+ * with other rows); a cached store would first read the line from memory. Kernels that use it
+ * end with store_fence(). */
+INLINE void CAT(store_around_caches, SUFFIX)(T *p, VB v)
+{
+#ifdef __AVX__
+    if (((uintptr_t)p & 31) == 0) {
+        if (sizeof(T) == 4) _mm256_stream_ps((float *)p, (__m256)v);
+        else _mm256_stream_pd((double *)p, (__m256d)v);
+        return;
+    }
+#endif
+    *(VB *)p = v;
+}
+
 /* Forward, channels u0 .. u0 + NT*TF - 1 of row (p, m1) of one group of receiver i: the d2 rows
  * of sums of each of the NT tiles are accumulated in registers over the receiver's edges, then
  * stored. NT (1, 2 or 4) is a compile-time constant: the tiles share each edge's loads of Y
@@ -197,10 +228,12 @@ INLINE void CAT(forward_group, SUFFIX)(
  *   grad_R[p, u]  = sum_m1 dz x[m1, u]    (each column of R belongs to one group)
  *   grad_x[m1, u] += sum_p dz R[p, u]     (groups share input blocks).
  * Per tile of channels, the d1 rows of x and of grad_x and the d2 accumulators of grad_Y stay
- * in registers (D1 and D2 compile-time constants where the caller can make them so). */
+ * in registers (D1 and D2 compile-time constants where the caller can make them so). grad_R is
+ * written (store WRITE), written around the caches (AROUND, see store_around_caches) or added
+ * to (ADD). */
 INLINE void CAT(backward_group, SUFFIX)(
     const group_t g, const int D2, const int D1, const T *y, const T *r, const T *xs, const T *G,
-    T *gy, T *gr, T *gx, const int accumulate)
+    T *gy, T *gr, T *gx, const store_t store)
 {
     const int64_t row = (int64_t)g.paths * g.d1 * g.mul;
     VB acc[MAX_DIM];
@@ -228,8 +261,10 @@ INLINE void CAT(backward_group, SUFFIX)(
                 grv += dz * xv[m1];
                 gxv[m1] += dz * rv;
             }
-            if (accumulate) *(VB *)(gr + g.w_off + (int64_t)p * g.mul + u0) += grv;
-            else *(VB *)(gr + g.w_off + (int64_t)p * g.mul + u0) = grv;
+            T *to = gr + g.w_off + (int64_t)p * g.mul + u0;
+            if (store == ADD) *(VB *)to += grv;
+            else if (store == AROUND) CAT(store_around_caches, SUFFIX)(to, grv);
+            else *(VB *)to = grv;
         }
         for (int m1 = 0; m1 < D1; ++m1) *(VB *)(gx + g.x_off + (int64_t)m1 * g.mul + u0) += gxv[m1];
     }
@@ -248,7 +283,7 @@ INLINE void CAT(backward_group, SUFFIX)(
                 grp += dz * xm;
                 gx[g.x_off + (int64_t)m1 * g.mul + u0] += dz * rp;
             }
-            if (accumulate) gr[g.w_off + (int64_t)p * g.mul + u0] += grp;
+            if (store == ADD) gr[g.w_off + (int64_t)p * g.mul + u0] += grp;
             else gr[g.w_off + (int64_t)p * g.mul + u0] = grp;
         }
     }
@@ -383,47 +418,53 @@ void CAT(message_sums_backward, SUFFIX)(
     const int zero_rows = covered < W;
     receiver_work(n, K, counts, phases, phase, shares);
     #pragma omp parallel num_threads(threads)
-    for (int64_t i = first_receiver(n, shares, THREAD, TEAM), end = first_receiver(n, shares, THREAD + 1, TEAM);
-         i < end; ++i) {
-        T *grad_x_thread = grad_x + (int64_t)THREAD * N * D;
-        T *G = work + (int64_t)THREAD * QD;
-        CAT(couple_transposed, SUFFIX)(groups, paths, n_paths, coef, grad_out + i * OD, G);
-        if (!phases || phase == 1) memset(grad_Y + i * K * S, 0, sizeof(T) * K * S);
-        /* columns of R of no group, and empty slots, get zero */
-        if (!phases) memset(grad_R + i * K * W, 0, sizeof(T) * K * W);
-        for (int64_t k = slot_of_phase(phases, phase, i * K, 0, counts[i]); k < counts[i];) {
-            const int64_t e = i * K + k;
-            /* the next edge of this phase, whose rows are asked for (as in the forward pass) */
-            k = slot_of_phase(phases, phase, i * K, k + 1, counts[i]);
-            if (k < counts[i]) {
-                const int64_t next = i * K + k;
-                prefetch_rows(R + (rows ? rows[next] : next) * W, W * sizeof(T));
-                prefetch_rows(x + senders[next] * D, D * sizeof(T));
-                if (phases) prefetch_rows_for_writing(grad_R + grad_rows[next] * W, W * sizeof(T));
-            }
-            T *gr = grad_R + (phases ? grad_rows[e] : e) * W;
-            if (phases && phase == 1 && zero_rows) memset(gr, 0, sizeof(T) * W);
-            for (int64_t gi = 0; gi < n_groups; ++gi) {
-                const group_t g = groups[gi];
-#define BACKWARD(D2, D1) CAT(backward_group, SUFFIX)(g, D2, D1, Y + e * S + g.y_off, R + (rows ? rows[e] : e) * W, \
-    x + senders[e] * D, G, grad_Y + e * S + g.y_off, gr, grad_x_thread + senders[e] * D, phases && phase == 2)
-#define BACKWARD_D1(D2) switch (g.d1) { \
-                    case 1: BACKWARD(D2, 1); break; \
-                    case 3: BACKWARD(D2, 3); break; \
-                    case 5: BACKWARD(D2, 5); break; \
-                    case 7: BACKWARD(D2, 7); break; \
-                    default: BACKWARD(D2, g.d1); }
-                switch (g.d2) {
-                    case 1: BACKWARD_D1(1); break;
-                    case 3: BACKWARD_D1(3); break;
-                    case 5: BACKWARD_D1(5); break;
-                    case 7: BACKWARD_D1(7); break;
-                    default: BACKWARD(g.d2, g.d1);
+    {
+        for (int64_t i = first_receiver(n, shares, THREAD, TEAM), end = first_receiver(n, shares, THREAD + 1, TEAM);
+             i < end; ++i) {
+            T *grad_x_thread = grad_x + (int64_t)THREAD * N * D;
+            T *G = work + (int64_t)THREAD * QD;
+            CAT(couple_transposed, SUFFIX)(groups, paths, n_paths, coef, grad_out + i * OD, G);
+            if (!phases || phase == 1) memset(grad_Y + i * K * S, 0, sizeof(T) * K * S);
+            /* columns of R of no group, and empty slots, get zero */
+            if (!phases) memset(grad_R + i * K * W, 0, sizeof(T) * K * W);
+            for (int64_t k = slot_of_phase(phases, phase, i * K, 0, counts[i]); k < counts[i];) {
+                const int64_t e = i * K + k;
+                /* the next edge of this phase, whose rows are asked for (as in the forward pass) */
+                k = slot_of_phase(phases, phase, i * K, k + 1, counts[i]);
+                if (k < counts[i]) {
+                    const int64_t next = i * K + k;
+                    prefetch_rows(R + (rows ? rows[next] : next) * W, W * sizeof(T));
+                    prefetch_rows(x + senders[next] * D, D * sizeof(T));
+                    if (phases && phase == 2) /* (phase 1 writes around the caches) */
+                        prefetch_rows_for_writing(grad_R + grad_rows[next] * W, W * sizeof(T));
                 }
+                T *gr = grad_R + (phases ? grad_rows[e] : e) * W;
+                if (phases && phase == 1 && zero_rows) memset(gr, 0, sizeof(T) * W);
+                /* a pair's row is read again a whole sweep later (phase 2): written around the caches */
+                const store_t store = !phases ? WRITE : phase == 1 ? AROUND : ADD;
+                for (int64_t gi = 0; gi < n_groups; ++gi) {
+                    const group_t g = groups[gi];
+#define BACKWARD(D2, D1) CAT(backward_group, SUFFIX)(g, D2, D1, Y + e * S + g.y_off, R + (rows ? rows[e] : e) * W, \
+        x + senders[e] * D, G, grad_Y + e * S + g.y_off, gr, grad_x_thread + senders[e] * D, store)
+#define BACKWARD_D1(D2) switch (g.d1) { \
+                        case 1: BACKWARD(D2, 1); break; \
+                        case 3: BACKWARD(D2, 3); break; \
+                        case 5: BACKWARD(D2, 5); break; \
+                        case 7: BACKWARD(D2, 7); break; \
+                        default: BACKWARD(D2, g.d1); }
+                    switch (g.d2) {
+                        case 1: BACKWARD_D1(1); break;
+                        case 3: BACKWARD_D1(3); break;
+                        case 5: BACKWARD_D1(5); break;
+                        case 7: BACKWARD_D1(7); break;
+                        default: BACKWARD(g.d2, g.d1);
+                    }
 #undef BACKWARD_D1
 #undef BACKWARD
+                }
             }
         }
+        store_fence(); /* this thread's rows written around the caches, for whoever reads them next */
     }
 }
 
