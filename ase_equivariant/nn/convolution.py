@@ -164,7 +164,6 @@ class _MessageSums(torch.autograd.Function):
             hidden = conv.radial.hidden(embedding)
         output_matrix_d, hidden_d = output_matrix.detach(), hidden.detach()
         grad_output_matrix = torch.zeros_like(output_matrix) if need_weights[-1] else None
-        grad_hidden = torch.zeros_like(hidden_d)
         compiled = conv._compiled_kernels(x)
         # the compiled kernels add the gradient of x into an array per thread
         grad_x = x.new_zeros(compiled.threads(), *x.shape) if compiled is not None else torch.zeros_like(x)
@@ -174,10 +173,11 @@ class _MessageSums(torch.autograd.Function):
             # the kernels sum the two slots of each pair into the pair's row: one product per pair
             grad_pairs = _pair_weight_gradients(conv, compiled, blocks, sh_tables, x, grad_out, pair_weights,
                                                 grad_sh, grad_x, work)
-            torch.mm(grad_pairs, output_matrix_d.t(), out=grad_hidden)
+            grad_hidden = grad_pairs @ output_matrix_d.t()
             if grad_output_matrix is not None:
                 grad_output_matrix.addmm_(hidden_d.t(), grad_pairs)
         else:
+            grad_hidden = torch.zeros_like(hidden_d)  # blocks add their slots' pairs to it
             for block, sh_block, grad_sh_block in zip(blocks, sh_tables, grad_sh):
                 if block.slots == 0:
                     grad_sh_block.zero_()
@@ -227,10 +227,12 @@ def _pair_weight_gradients(conv: "TensorProductConv", compiled, blocks: List[Edg
     overwrites the pair's row), then every block phase 2 (the other slot, added to it)."""
     grad_pairs = work("grad_pairs", *pair_weights.shape)
     scratch = work("grad_sums", compiled.threads(), conv._sums_width)
+    for block, grad_sh_block in zip(blocks, grad_sh):
+        if block.slots == 0:
+            grad_sh_block.zero_()
     for phase in (1, 2):
         for block, sh_block, grad_sh_block in zip(blocks, sh_tables, grad_sh):
             if block.slots == 0:
-                grad_sh_block.zero_()
                 continue
             compiled.backward(block.counts, block.senders, sh_block, pair_weights, block.pairs, x, conv._group_table,
                               conv._path_table, conv._path_coefficients, grad_out[block.r0:block.r0 + block.n],
