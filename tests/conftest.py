@@ -1,5 +1,8 @@
-"""Fixtures shared by several test files."""
+"""Fixtures and helpers shared by several test files."""
+import numpy as np
 import pytest
+import torch
+from ase.neighborlist import neighbor_list
 
 from ase_equivariant import neighbors
 from ase_equivariant.nn import native
@@ -25,3 +28,12 @@ def no_compiler(monkeypatch, tmp_path):
     yield tmp_path / "cache"
     monkeypatch.undo()
     _forget_libraries()
+
+
+def model_inputs(net, atoms):
+    """``net``'s inputs for ``atoms`` (neighbour list by ASE), in the dtype of its weights."""
+    dtype = next(net.parameters()).dtype
+    i, j, S = neighbor_list("ijS", atoms, net.cutoff)
+    return (torch.tensor(atoms.positions, dtype=dtype), torch.tensor(atoms.numbers),
+            torch.tensor(np.stack([i, j]), dtype=torch.int64), torch.tensor(S),
+            torch.tensor(atoms.cell.array, dtype=dtype))

@@ -10,11 +10,11 @@ from ase.filters import FrechetCellFilter
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ase.md.verlet import VelocityVerlet
-from ase.neighborlist import neighbor_list
 from ase.optimize import BFGS
 
 from ase_equivariant import EquivariantCalculator
 from ase_equivariant.models import random_model
+from conftest import model_inputs
 
 
 @pytest.fixture(scope="module")
@@ -131,15 +131,6 @@ def test_energy_only_call_builds_no_graph(tiny, monkeypatch):
     assert torch.get_default_dtype() == torch.float32 and torch.is_grad_enabled()
 
 
-def model_inputs(atoms, model):
-    """The model's inputs for ``atoms`` (neighbour list by ASE), in the model's dtype."""
-    dtype = next(model.parameters()).dtype
-    i, j, S = neighbor_list("ijS", atoms, model.cutoff)
-    return (torch.tensor(atoms.positions, dtype=dtype), torch.tensor(atoms.numbers),
-            torch.tensor(np.stack([i, j]), dtype=torch.int64), torch.tensor(S),
-            torch.tensor(atoms.cell.array, dtype=dtype))
-
-
 def test_calls_under_inference_mode_then_outside_it():
     """Forces under a caller's ``torch.inference_mode()`` are the forces (not zeros), and what
     such a call leaves behind (scratch space, tensors kept from the frozen weights) serves later
@@ -151,7 +142,7 @@ def test_calls_under_inference_mode_then_outside_it():
     fresh = atoms.copy()
     fresh.calc = EquivariantCalculator(skin=0.0)
     with torch.inference_mode():
-        calc.model(*model_inputs(atoms, calc.model))  # the model itself, as a user may call it
+        calc.model(*model_inputs(calc.model, atoms))  # the model itself, as a user may call it
         atoms.get_potential_energy()
         forces = atoms.get_forces()  # autograd, although the caller switched it off
     np.testing.assert_allclose(forces, fresh.get_forces(), rtol=0, atol=1e-5)

@@ -7,22 +7,18 @@ import numpy as np
 import pytest
 import torch
 from ase.build import bulk
-from ase.neighborlist import neighbor_list
 
 import ase_equivariant
 from ase_equivariant.models import FORMAT, FORMAT_VERSION, MODELS, data_path, load_model, random_model, save_model
+from conftest import model_inputs
 
 PACKAGE = Path(ase_equivariant.__file__).resolve().parent
 
 
 def energies_of(net, atoms):
     """Per-atom energies (N,) as a float64 numpy array."""
-    dtype = next(net.parameters()).dtype
-    i, j, S = neighbor_list("ijS", atoms, net.cutoff)
     with torch.no_grad():
-        e = net(torch.tensor(atoms.positions, dtype=dtype), torch.tensor(atoms.numbers),
-                torch.tensor(np.stack([i, j]), dtype=torch.int64), torch.tensor(S),
-                torch.tensor(atoms.cell.array, dtype=dtype))
+        e = net(*model_inputs(net, atoms))
     return e.double().numpy()
 
 
@@ -164,10 +160,7 @@ def test_frozen_weights_changed_after_a_call_are_used():
 
 def weight_gradients(net, atoms):
     """dE/dw for every parameter of ``net`` (None where the energy does not depend on it)."""
-    i, j, S = neighbor_list("ijS", atoms, net.cutoff)
-    energy = net(torch.tensor(atoms.positions), torch.tensor(atoms.numbers),
-                 torch.tensor(np.stack([i, j]), dtype=torch.int64), torch.tensor(S),
-                 torch.tensor(atoms.cell.array)).sum()
+    energy = net(*model_inputs(net, atoms)).sum()
     return torch.autograd.grad(energy, list(net.parameters()), allow_unused=True)
 
 
