@@ -17,9 +17,10 @@ from .mlp import RadialMLP
 
 #: radial weights of one convolution call up to this size (one row per pair of reverse edges)
 #: are formed once and kept for the backward pass (SevenNet-0, float32: up to ~12,000 atoms of
-#: fcc Cu, ~0.4 MB per atom over its five layers); larger ones are formed per block of edges, one
-#: row per edge, in both passes (1.2x slower at 864 atoms), so that memory does not grow with the
-#: number of edges times the layers. On the CPU, kept weights stay with their convolution after
+#: fcc Cu, ~0.4 MB per atom over its five layers), with the radial MLP's graph (its hidden
+#: activations, ~20 % more: not formed again in the backward pass); larger ones are formed per
+#: block of edges, one row per edge, in both passes (1.2x slower at 864 atoms), so that memory
+#: does not grow with the number of edges times the layers. On the CPU, kept weights stay with their convolution after
 #: the backward pass for the next call to write into (:func:`_pair_weights`): touching fresh
 #: memory costs page faults (the matrix product into new memory took twice as long at 864 atoms)
 KEPT_WEIGHTS_BYTES = 2**30
@@ -104,8 +105,8 @@ class _MessageSums(torch.autograd.Function):
     of both are compiled kernels (:mod:`.native`; the sums of one receiver at a time, in a
     buffer of the thread), elsewhere torch operations on the weighted inputs ``z = R x``, block
     by block of receivers. The backward pass (first derivatives only) differentiates the
-    radial MLP itself; the radial weights are kept from the forward pass up to
-    :data:`KEPT_WEIGHTS_BYTES`, and formed again block by block above it. With kept weights the
+    radial MLP itself; the radial weights and the MLP's graph are kept from the forward pass up
+    to :data:`KEPT_WEIGHTS_BYTES`, and formed again (block by block) above it. With kept weights the
     compiled kernels add the gradients of a pair's two edges into one row, so the product back
     through the MLP's output matrix runs once per pair, as the forward one does.
 
@@ -121,9 +122,12 @@ class _MessageSums(torch.autograd.Function):
         sh_tables = tensors[:len(blocks)]
         out = x.new_zeros(x.shape[0], conv.irreps_out.dim)
         output_matrix = conv.radial.output_matrix(conv._weight_columns, 1 / conv.denominator)
-        hidden = conv.radial.hidden(embedding)
         keep = embedding.shape[0] * output_matrix.shape[1] * x.element_size() <= KEPT_WEIGHTS_BYTES
-        pair_weights = _pair_weights(conv, hidden, output_matrix) if keep else None
+        # with the radial weights kept, the MLP's graph is kept too, for the backward pass
+        embedding = embedding.detach().requires_grad_(keep and ctx.needs_input_grad[3])
+        with torch.set_grad_enabled(keep):
+            hidden = conv.radial.hidden(embedding)
+        pair_weights = _pair_weights(conv, hidden.detach(), output_matrix) if keep else None
         work = functools.partial(_work, x)
         compiled = conv._compiled_kernels(x)
         for block, sh_block in zip(blocks, sh_tables):
@@ -145,7 +149,8 @@ class _MessageSums(torch.autograd.Function):
                 q.copy_(torch.bmm(y, _weighted_inputs(g, weights, x_block, work)))
             out[block.r0:block.r0 + block.n] = conv._couple(sums)
         ctx.conv, ctx.blocks, ctx.pair_weights = conv, blocks, pair_weights
-        ctx.save_for_backward(x, embedding, *sh_tables)
+        ctx.radial_graph = (embedding, hidden) if hidden.requires_grad else None
+        ctx.save_for_backward(x, embedding.detach(), *sh_tables)
         return out
 
     @staticmethod
@@ -159,9 +164,12 @@ class _MessageSums(torch.autograd.Function):
         hidden_weights = [w for w, need in zip(list(conv.radial.weights)[:-1], need_weights) if need]
         with torch.set_grad_enabled(need_weights[-1]):
             output_matrix = conv.radial.output_matrix(conv._weight_columns, 1 / conv.denominator)
-        embedding = embedding.detach().requires_grad_(need_embedding)
-        with torch.set_grad_enabled(need_embedding or bool(hidden_weights)):
-            hidden = conv.radial.hidden(embedding)
+        if ctx.radial_graph is not None:  # kept by the forward pass, used once
+            (embedding, hidden), ctx.radial_graph = ctx.radial_graph, None
+        else:
+            embedding = embedding.detach().requires_grad_(need_embedding)
+            with torch.set_grad_enabled(need_embedding or bool(hidden_weights)):
+                hidden = conv.radial.hidden(embedding)
         output_matrix_d, hidden_d = output_matrix.detach(), hidden.detach()
         grad_output_matrix = torch.zeros_like(output_matrix) if need_weights[-1] else None
         compiled = conv._compiled_kernels(x)
