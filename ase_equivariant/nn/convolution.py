@@ -120,7 +120,7 @@ class _MessageSums(torch.autograd.Function):
     @staticmethod
     def forward(ctx, conv: "TensorProductConv", blocks: List[EdgeBlock], x, embedding, *tensors):
         sh_tables = tensors[:len(blocks)]
-        out = x.new_zeros(x.shape[0], conv.irreps_out.dim)
+        out = x.new_empty(x.shape[0], conv.irreps_out.dim)  # every block overwrites its rows
         output_matrix = conv.radial.output_matrix(conv._weight_columns, 1 / conv.denominator)
         keep = embedding.shape[0] * output_matrix.shape[1] * x.element_size() <= KEPT_WEIGHTS_BYTES
         # with the radial weights kept, the MLP's graph is kept too, for the backward pass
@@ -132,6 +132,7 @@ class _MessageSums(torch.autograd.Function):
         compiled = conv._compiled_kernels(x)
         for block, sh_block in zip(blocks, sh_tables):
             if block.slots == 0:
+                out[block.r0:block.r0 + block.n] = 0
                 continue
             if compiled is not None:
                 weights, rows = _slot_weights(block, hidden, output_matrix, pair_weights, work, gather=False)
