@@ -18,20 +18,38 @@ DENSE_MULTIPLY_ADDS = 6 * 2**20
 
 
 class _Product(NamedTuple):
-    """One product of the block path: ``y[:, out_columns] (+)= x[:, in_columns] @ W[rows]``, ``W``
-    the scaled weights of output block ``block`` (component ``m`` of one of its sources)."""
+    """One product of the block path, for output block ``block`` and one of its sources: per
+    component ``m < dim``, ``y[:, out_start + m*mul_out : ...] (+)= x[:, in_start + m*mul : ...]
+    @ W[row : row + mul]`` (``mul`` input and ``mul_out`` output channels, ``W`` the block's scaled
+    weights)."""
 
-    out_columns: slice
-    in_columns: slice
     block: int
-    rows: slice
+    out_start: int
+    in_start: int
+    dim: int
+    mul: int
+    mul_out: int
+    row: int
+
+
+def _components(t: torch.Tensor, start: int, dim: int, width: int) -> torch.Tensor:
+    """Columns ``start .. start + dim*width - 1`` of the rows of ``t`` (``(N, C)``, unit column
+    stride) as the ``(dim, N, width)`` batch of their components: strided matrices, no copy."""
+    return t.as_strided((dim, t.shape[0], width), (width, t.stride(0), 1), t.storage_offset() + start)
+
+
+def _rows(w: torch.Tensor, p: _Product) -> torch.Tensor:
+    """Rows ``p.row .. p.row + p.mul - 1`` of the contiguous weights ``w``, repeated ``p.dim`` times
+    (stride 0) as a ``(dim, mul, mul_out)`` batch."""
+    return w.as_strided((p.dim, p.mul, p.mul_out), (0, p.mul_out, 1), w.storage_offset() + p.row * p.mul_out)
 
 
 class _BlockProducts(torch.autograd.Function):
-    """The block path of :class:`EquivariantLinear`: one matrix product per component ``m`` of each
-    pair of an output block and a source block (:attr:`EquivariantLinear._products`), between
-    column ranges of ``x`` and of the output, strided matrices read and written in place (no
-    copies of transposed blocks, no concatenation); the gradients the same products transposed.
+    """The block path of :class:`EquivariantLinear`: one batched matrix product over the components
+    ``m`` of each pair of an output block and a source block (:attr:`EquivariantLinear._products`),
+    between column ranges of ``x`` and of the output viewed as strided batches (no copies of
+    transposed blocks, no concatenation, the output written in place); the gradients the same
+    products transposed.
 
     Inputs: the layer, ``x (N, irreps_in.dim)``, then the scaled weights of every output block
     (:meth:`EquivariantLinear._scaled_weights`). First derivatives only.
@@ -39,18 +57,16 @@ class _BlockProducts(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, layer: "EquivariantLinear", x, *weights):
+        x, weights = x.contiguous(), [w.contiguous() for w in weights]
         out = x.new_empty(x.shape[0], layer.irreps_out.dim)
-        for k, sources in enumerate(layer._sources):
-            if not sources:
-                out[:, layer.irreps_out.slices()[k]] = 0
-        written = set()  # output ranges overwritten by their first product, added to by the others
+        written = set()  # output blocks overwritten by their first product (beta 0), added to by the others
         for p in layer._products:
-            source, w = x[:, p.in_columns], weights[p.block][p.rows]
-            if p.out_columns.start in written:
-                out[:, p.out_columns].addmm_(source, w)
-            else:
-                torch.mm(source, w, out=out[:, p.out_columns])
-                written.add(p.out_columns.start)
+            _components(out, p.out_start, p.dim, p.mul_out).baddbmm_(
+                _components(x, p.in_start, p.dim, p.mul), _rows(weights[p.block], p), beta=1 if p.block in written else 0)
+            written.add(p.block)
+        for k in range(len(layer.irreps_out)):
+            if k not in written:
+                out[:, layer.irreps_out.slices()[k]] = 0
         ctx.layer = layer
         ctx.save_for_backward(x if any(ctx.needs_input_grad[2:]) else None, *weights)
         return out
@@ -59,15 +75,19 @@ class _BlockProducts(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):
         x, *weights = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
         grad_x = None
         if ctx.needs_input_grad[1]:
             grad_x = grad_out.new_zeros(grad_out.shape[0], ctx.layer.irreps_in.dim)
             for p in ctx.layer._products:
-                grad_x[:, p.in_columns].addmm_(grad_out[:, p.out_columns], weights[p.block][p.rows].t())
+                _components(grad_x, p.in_start, p.dim, p.mul).baddbmm_(
+                    _components(grad_out, p.out_start, p.dim, p.mul_out), _rows(weights[p.block], p).transpose(1, 2))
         grad_weights = [torch.zeros_like(w) if need else None for w, need in zip(weights, ctx.needs_input_grad[2:])]
         for p in ctx.layer._products:
             if grad_weights[p.block] is not None:
-                grad_weights[p.block][p.rows].addmm_(x[:, p.in_columns].t(), grad_out[:, p.out_columns])
+                grad_weights[p.block][p.row:p.row + p.mul] += torch.bmm(
+                    _components(x, p.in_start, p.dim, p.mul).transpose(1, 2),
+                    _components(grad_out, p.out_start, p.dim, p.mul_out)).sum(0)
         return None, grad_x, *grad_weights
 
 
@@ -108,12 +128,10 @@ class EquivariantLinear(nn.Module):
         in_slices, out_slices = self.irreps_in.slices(), self.irreps_out.slices()
         self._products = []
         for k, sources in enumerate(self._sources):
-            mul_out, row = self.irreps_out[k].mul, 0
+            row = 0
             for b, mul, dim in sources:
-                o, i = out_slices[k].start, in_slices[b].start
-                self._products += [_Product(slice(o + m * mul_out, o + (m + 1) * mul_out),
-                                            slice(i + m * mul, i + (m + 1) * mul), k, slice(row, row + mul))
-                                   for m in range(dim)]
+                self._products.append(_Product(k, out_slices[k].start, in_slices[b].start, dim, mul,
+                                               self.irreps_out[k].mul, row))
                 row += mul
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -137,7 +155,10 @@ class EquivariantLinear(nn.Module):
         like = weights[0] if weights else torch.zeros(0)
         matrix = like.new_zeros(self.irreps_in.dim, self.irreps_out.dim)
         for p in self._products:
-            matrix[p.in_columns, p.out_columns] = weights[p.block][p.rows]
+            block = weights[p.block][p.row:p.row + p.mul]
+            for m in range(p.dim):
+                matrix[p.in_start + m * p.mul:p.in_start + (m + 1) * p.mul,
+                       p.out_start + m * p.mul_out:p.out_start + (m + 1) * p.mul_out] = block
         return matrix
 
     def extra_repr(self) -> str:
