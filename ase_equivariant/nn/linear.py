@@ -9,16 +9,8 @@ from ..o3 import Irreps
 from .derived import derived
 
 
-#: up to this many multiply-adds of a dense product (atoms x input width x output width), a call
-#: multiplies by the layer's dense matrix (:meth:`EquivariantLinear.dense_matrix`; for SevenNet-0's
-#: 480-wide features, up to 27 atoms): one operation forward and one backward, where the block
-#: products are 18 small ones. A 480 -> 480 layer, forward and gradient of its input: 260 against
-#: 359 us on 9 atoms, 284 against 371 on 20, 526 against 439 on 36 (dense against blocks)
-DENSE_MULTIPLY_ADDS = 6 * 2**20
-
-
 class _Product(NamedTuple):
-    """One product of the block path, for output block ``block`` and one of its sources: per
+    """One product of the layer, for output block ``block`` and one of its sources: per
     component ``m < dim``, ``y[:, out_start + m*mul_out : ...] (+)= x[:, in_start + m*mul : ...]
     @ W[row : row + mul]`` (``mul`` input and ``mul_out`` output channels, ``W`` the block's scaled
     weights)."""
@@ -45,7 +37,7 @@ def _rows(w: torch.Tensor, p: _Product) -> torch.Tensor:
 
 
 class _BlockProducts(torch.autograd.Function):
-    """The block path of :class:`EquivariantLinear`: one batched matrix product over the components
+    """The map of :class:`EquivariantLinear`: one batched matrix product over the components
     ``m`` of each pair of an output block and a source block (:attr:`EquivariantLinear._products`),
     between column ranges of ``x`` and of the output viewed as strided batches (no copies of
     transposed blocks, no concatenation, the output written in place); the gradients the same
@@ -99,9 +91,9 @@ class EquivariantLinear(nn.Module):
     Features use the flat channel-last layout ``(N, irreps.dim)``, each block stored
     ``[2l+1, mul]`` (as everywhere inside the network; see :mod:`.potential`). A source block is a
     strided ``(N, mul)`` matrix per component ``m``, multiplied by the ``(mul, mul_out)`` weights
-    into the matching columns of the output (:class:`_BlockProducts`). Few atoms (see
-    :data:`DENSE_MULTIPLY_ADDS`) are multiplied by the dense matrix of the map instead: more
-    arithmetic, far fewer operations.
+    into the matching columns of the output (:class:`_BlockProducts`): the map's block-diagonal
+    structure is never written out as a dense matrix (on a molecule its dense products took as
+    long or longer, reading mostly zeros).
 
     Args:
         irreps_in, irreps_out: the input and output irreps.
@@ -114,31 +106,21 @@ class EquivariantLinear(nn.Module):
         super().__init__()
         self.irreps_in = Irreps(irreps_in)
         self.irreps_out = Irreps(irreps_out)
-        self._sources = []  # per output block: [(input block index, mul, 2l+1), ...]
-        weights = []
-        for mul_out, ir_out in self.irreps_out:
-            sources = [
-                (b, mul, ir.dim)
-                for b, (mul, ir) in enumerate(self.irreps_in)
-                if ir == ir_out and mul > 0
-            ]
-            self._sources.append(sources)
-            weights.append(nn.Parameter(torch.randn(sum(s[1] for s in sources), mul_out)))
-        self.weights = nn.ParameterList(weights)
         in_slices, out_slices = self.irreps_in.slices(), self.irreps_out.slices()
-        self._products = []
-        for k, sources in enumerate(self._sources):
+        self._products: List[_Product] = []
+        weights = []
+        for k, (mul_out, ir_out) in enumerate(self.irreps_out):
             row = 0
-            for b, mul, dim in sources:
-                self._products.append(_Product(k, out_slices[k].start, in_slices[b].start, dim, mul,
-                                               self.irreps_out[k].mul, row))
-                row += mul
+            for b, (mul, ir) in enumerate(self.irreps_in):
+                if ir == ir_out and mul > 0:
+                    self._products.append(_Product(k, out_slices[k].start, in_slices[b].start, ir.dim, mul,
+                                                   mul_out, row))
+                    row += mul
+            weights.append(nn.Parameter(torch.randn(row, mul_out)))
+        self.weights = nn.ParameterList(weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, irreps_in.dim)`` → ``(N, irreps_out.dim)``, channel-last."""
-        n = x.shape[0]
-        if n * self.irreps_in.dim * self.irreps_out.dim <= DENSE_MULTIPLY_ADDS:
-            return x @ derived(self, "dense", list(self.weights), self.dense_matrix)
         return _BlockProducts.apply(self, x, *self._scaled_weights())
 
     def _scaled_weights(self) -> List[torch.Tensor]:
@@ -146,20 +128,6 @@ class EquivariantLinear(nn.Module):
         frozen, see :func:`~.derived.derived`); blocks without sources as they are, empty."""
         return [derived(self, k, [w], lambda w=w: w * w.shape[0] ** -0.5) if len(w) else w
                 for k, w in enumerate(self.weights)]
-
-    def dense_matrix(self) -> torch.Tensor:
-        """The map as one ``(irreps_in.dim, irreps_out.dim)`` matrix (``y = x @ matrix``): the
-        scaled weights of each product of the block path at its input and output columns
-        (``kron(I_{2l+1}, W)`` per output block and source, channel-last layouts), zero elsewhere."""
-        weights = self._scaled_weights()
-        like = weights[0] if weights else torch.zeros(0)
-        matrix = like.new_zeros(self.irreps_in.dim, self.irreps_out.dim)
-        for p in self._products:
-            block = weights[p.block][p.row:p.row + p.mul]
-            for m in range(p.dim):
-                matrix[p.in_start + m * p.mul:p.in_start + (m + 1) * p.mul,
-                       p.out_start + m * p.mul_out:p.out_start + (m + 1) * p.mul_out] = block
-        return matrix
 
     def extra_repr(self) -> str:
         return f"{self.irreps_in} -> {self.irreps_out}"
