@@ -20,9 +20,10 @@ from .mlp import RadialMLP
 #: fcc Cu, ~0.4 MB per atom over its five layers), with the radial MLP's graph (its hidden
 #: activations, ~20 % more: not formed again in the backward pass); larger ones are formed per
 #: block of edges, one row per edge, in both passes (1.2x slower at 864 atoms), so that memory
-#: does not grow with the number of edges times the layers. On the CPU, kept weights stay with their convolution after
-#: the backward pass for the next call to write into (:func:`_pair_weights`): touching fresh
-#: memory costs page faults (the matrix product into new memory took twice as long at 864 atoms)
+#: does not grow with the number of edges times the layers. On the CPU, kept weights stay with
+#: their convolution after the backward pass for the next call to write into
+#: (:func:`_pair_weights`): touching fresh memory costs page faults (the matrix product into new
+#: memory took twice as long at 864 atoms)
 KEPT_WEIGHTS_BYTES = 2**30
 
 
@@ -106,8 +107,8 @@ class _MessageSums(torch.autograd.Function):
     buffer of the thread), elsewhere torch operations on the weighted inputs ``z = R x``, block
     by block of receivers. The backward pass (first derivatives only) differentiates the
     radial MLP itself; the radial weights and the MLP's graph are kept from the forward pass up
-    to :data:`KEPT_WEIGHTS_BYTES`, and formed again (block by block) above it. With kept weights the
-    compiled kernels add the gradients of a pair's two edges into one row, so the product back
+    to :data:`KEPT_WEIGHTS_BYTES`, and formed again (block by block) above it. With kept weights
+    the compiled kernels add the gradients of a pair's two edges into one row, so the product back
     through the MLP's output matrix runs once per pair, as the forward one does.
 
     Inputs: the convolution, its ``blocks``, node features ``x`` ``(N, D)`` (channel-last), the

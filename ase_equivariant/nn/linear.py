@@ -54,7 +54,8 @@ class _BlockProducts(torch.autograd.Function):
         written = set()  # output blocks overwritten by their first product (beta 0), added to by the others
         for p in layer._products:
             _components(out, p.out_start, p.dim, p.mul_out).baddbmm_(
-                _components(x, p.in_start, p.dim, p.mul), _rows(weights[p.block], p), beta=1 if p.block in written else 0)
+                _components(x, p.in_start, p.dim, p.mul), _rows(weights[p.block], p),
+                beta=1 if p.block in written else 0)
             written.add(p.block)
         for k in range(len(layer.irreps_out)):
             if k not in written:
