@@ -21,15 +21,16 @@ def by_definition(layer: EquivariantLinear, x: torch.Tensor) -> torch.Tensor:
         sources = torch.cat([b for ir, b in blocks if ir == ir_out], dim=2) if w.shape[0] else None
         y = torch.zeros(n, ir_out.dim, mul_out, dtype=x.dtype) if sources is None else \
             torch.einsum("nmu,uw->nmw", sources, w) / w.shape[0] ** 0.5
-        out.append(y.reshape(n, -1))
+        out.append(y.reshape(n, ir_out.dim * mul_out))
     return torch.cat(out, dim=1)
 
 
+@pytest.mark.parametrize("atoms", [5, 1, 0])
 @pytest.mark.parametrize("frozen", [True, False])
-def test_linear_matches_its_definition(frozen):
+def test_linear_matches_its_definition(frozen, atoms):
     torch.manual_seed(0)
     layer = EquivariantLinear(IRREPS_IN, IRREPS_OUT).double().requires_grad_(not frozen)
-    x = torch.randn(5, Irreps(IRREPS_IN).dim, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(atoms, Irreps(IRREPS_IN).dim, dtype=torch.float64, requires_grad=True)
     for _ in range(2):  # the second call reuses what frozen weights let it keep
         y = layer(x)
         torch.testing.assert_close(y, by_definition(layer, x), rtol=1e-12, atol=1e-12)
@@ -44,7 +45,8 @@ def test_linear_matches_its_definition(frozen):
 
 def test_linear_reads_its_sources_only_and_takes_strided_input():
     """A non-contiguous input (columns of a wider array) with NaN in the block that no output
-    uses (2e) and in the columns around it: the output is the definition's, finite."""
+    uses (2e) and in the columns around it: the output is the definition's, finite; the same
+    input stored column-major gives the same output."""
     torch.manual_seed(1)
     layer = EquivariantLinear(IRREPS_IN, IRREPS_OUT).double().requires_grad_(False)
     dim = Irreps(IRREPS_IN).dim
@@ -56,3 +58,5 @@ def test_linear_reads_its_sources_only_and_takes_strided_input():
     y = layer(x)
     assert torch.isfinite(y).all()
     torch.testing.assert_close(y, by_definition(layer, x), rtol=1e-12, atol=1e-12)
+    column_major = x.t().contiguous().t()  # unit stride between rows, not columns
+    torch.testing.assert_close(layer(column_major), y, rtol=1e-12, atol=1e-12)

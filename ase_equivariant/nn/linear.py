@@ -25,15 +25,18 @@ class _Product(NamedTuple):
 
 
 def _components(t: torch.Tensor, start: int, dim: int, width: int) -> torch.Tensor:
-    """Columns ``start .. start + dim*width - 1`` of the rows of ``t`` (``(N, C)``, unit column
-    stride) as the ``(dim, N, width)`` batch of their components: strided matrices, no copy."""
-    return t.as_strided((dim, t.shape[0], width), (width, t.stride(0), 1), t.storage_offset() + start)
+    """Columns ``start .. start + dim*width - 1`` of the rows of ``t`` ``(N, C)`` as the
+    ``(dim, N, width)`` batch of their components: strided matrices, no copy."""
+    rows, columns = t.stride()
+    return t.as_strided((dim, t.shape[0], width), (width * columns, rows, columns),
+                        t.storage_offset() + start * columns)
 
 
 def _rows(w: torch.Tensor, p: _Product) -> torch.Tensor:
-    """Rows ``p.row .. p.row + p.mul - 1`` of the contiguous weights ``w``, repeated ``p.dim`` times
-    (stride 0) as a ``(dim, mul, mul_out)`` batch."""
-    return w.as_strided((p.dim, p.mul, p.mul_out), (0, p.mul_out, 1), w.storage_offset() + p.row * p.mul_out)
+    """Rows ``p.row .. p.row + p.mul - 1`` of the weights ``w``, repeated ``p.dim`` times (stride 0)
+    as a ``(dim, mul, mul_out)`` batch."""
+    rows, columns = w.stride()
+    return w.as_strided((p.dim, p.mul, p.mul_out), (0, rows, columns), w.storage_offset() + p.row * rows)
 
 
 class _BlockProducts(torch.autograd.Function):
@@ -49,7 +52,6 @@ class _BlockProducts(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, layer: "EquivariantLinear", x, *weights):
-        x, weights = x.contiguous(), [w.contiguous() for w in weights]
         out = x.new_empty(x.shape[0], layer.irreps_out.dim)
         written = set()  # output blocks overwritten by their first product (beta 0), added to by the others
         for p in layer._products:
@@ -68,7 +70,6 @@ class _BlockProducts(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):
         x, *weights = ctx.saved_tensors
-        grad_out = grad_out.contiguous()
         grad_x = None
         if ctx.needs_input_grad[1]:
             grad_x = grad_out.new_zeros(grad_out.shape[0], ctx.layer.irreps_in.dim)
