@@ -13,7 +13,7 @@ class _Product(NamedTuple):
     """One product of the layer, for output block ``block`` and one of its sources: per
     component ``m < dim``, ``y[:, out_start + m*mul_out : ...] (+)= x[:, in_start + m*mul : ...]
     @ W[row : row + mul]`` (``mul`` input and ``mul_out`` output channels, ``W`` the block's scaled
-    weights)."""
+    weights); the block's ``first`` product overwrites it, the others add to it."""
 
     block: int
     out_start: int
@@ -22,6 +22,7 @@ class _Product(NamedTuple):
     mul: int
     mul_out: int
     row: int
+    first: bool
 
 
 def _components(t: torch.Tensor, start: int, dim: int, width: int) -> torch.Tensor:
@@ -53,15 +54,11 @@ class _BlockProducts(torch.autograd.Function):
     @staticmethod
     def forward(ctx, layer: "EquivariantLinear", x, *weights):
         out = x.new_empty(x.shape[0], layer.irreps_out.dim)
-        written = set()  # output blocks overwritten by their first product (beta 0), added to by the others
         for p in layer._products:
             _components(out, p.out_start, p.dim, p.mul_out).baddbmm_(
-                _components(x, p.in_start, p.dim, p.mul), _rows(weights[p.block], p),
-                beta=1 if p.block in written else 0)
-            written.add(p.block)
-        for k in range(len(layer.irreps_out)):
-            if k not in written:
-                out[:, layer.irreps_out.slices()[k]] = 0
+                _components(x, p.in_start, p.dim, p.mul), _rows(weights[p.block], p), beta=0 if p.first else 1)
+        for columns in layer._sourceless:
+            out[:, columns] = 0
         ctx.layer = layer
         ctx.save_for_backward(x if any(ctx.needs_input_grad[2:]) else None, *weights)
         return out
@@ -110,14 +107,17 @@ class EquivariantLinear(nn.Module):
         self.irreps_out = Irreps(irreps_out)
         in_slices, out_slices = self.irreps_in.slices(), self.irreps_out.slices()
         self._products: List[_Product] = []
+        self._sourceless: List[slice] = []  # the columns of output blocks without sources: zero
         weights = []
         for k, (mul_out, ir_out) in enumerate(self.irreps_out):
             row = 0
             for b, (mul, ir) in enumerate(self.irreps_in):
                 if ir == ir_out and mul > 0:
                     self._products.append(_Product(k, out_slices[k].start, in_slices[b].start, ir.dim, mul,
-                                                   mul_out, row))
+                                                   mul_out, row, first=row == 0))
                     row += mul
+            if row == 0:
+                self._sourceless.append(out_slices[k])
             weights.append(nn.Parameter(torch.randn(row, mul_out)))
         self.weights = nn.ParameterList(weights)
 
