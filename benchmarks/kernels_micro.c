@@ -65,7 +65,7 @@ int main(int argc, char **argv)
         const int d2 = shape[k][0], d1 = shape[k][1], mul = shape[k][2], p = shape[k][3];
         groups[k] = (group_t){d2 == 1 ? 0 : d2 == 3 ? 1 : 4, d2, d1 == 1 ? 0 : d1 == 3 ? 128 : 320, d1, mul, p, W, QD};
         for (int j = 0; j < p; ++j) {
-            paths[n_paths++] = (path_t){k, j, 1, OD, n_coef, mul};
+            paths[n_paths++] = (path_t){k, j, 1, OD, n_coef, mul, 0}; /* a block of its own */
             for (int c = 0; c < d2 * d1; ++c) coef[n_coef++] = 0.1f;
             OD += mul;
         }
@@ -97,13 +97,13 @@ int main(int argc, char **argv)
         double t = now();
         for (int phase = 1; phase <= 2; ++phase)
             message_sums_backward_f32(n, threads, K, counts, senders, Y, S, R, rows, W, x, n, D, groups, 9, QD, paths,
-                                      n_paths, coef, grad_out, OD, work, grad_Y, grad_R, rows, phases, phase, grad_x,
+                                      n_paths, coef, grad_out, 0, work, grad_Y, grad_R, rows, phases, phase, grad_x,
                                       shares);
         backward = fmin(backward, now() - t);
         flush_caches();
         t = now();
-        message_sums_f32(n, threads, K, counts, senders, Y, S, R, rows, W, x, D, groups, 9, QD, paths, n_paths, coef,
-                         out, OD, work, shares);
+        message_sums_f32(n, threads, K, counts, senders, Y, S, R, rows, W, x, n, groups, 9, QD, paths, n_paths, coef,
+                         out, 0, work, shares);
         forward = fmin(forward, now() - t);
     }
     printf("%s n=%lld K=%lld threads=%d: forward %.2f ms %.1f GFLOP/s | backward %.2f ms %.1f GFLOP/s\n", argv[0],

@@ -11,7 +11,7 @@ from ..o3 import Irreps, wigner_3j
 from ..scratch import scratch
 from .activations import ScaledActivation
 from .edge_table import EdgeBlock
-from . import native
+from . import layout, native
 from .mlp import RadialMLP
 
 
@@ -65,7 +65,7 @@ def convolution_paths(irreps_in: Irreps, irreps_sh: Irreps, lmax_out: int, even_
 
 class _Group(NamedTuple):
     """The paths of one input block with one spherical-harmonic block, in the edge layouts: its
-    ``d1 x mul`` input features at column ``x_offset`` (channel-last) and its ``paths x mul``
+    ``[d1, mul]`` input block at column ``x_offset`` of an atom's irreps and its ``paths x mul``
     radial weights at ``w_offset``."""
 
     x_offset: int
@@ -111,17 +111,19 @@ class _MessageSums(torch.autograd.Function):
     the compiled kernels add the gradients of a pair's two edges into one row, so the product back
     through the MLP's output matrix runs once per pair, as the forward one does.
 
-    Inputs: the convolution, its ``blocks``, node features ``x`` ``(N, D)`` (channel-last), the
-    pairs' radial embedding ``(P, B)``, the blocks' spherical harmonics (see
-    :class:`EdgeInputs`), then the radial MLP's weight matrices (inputs so that their gradients
-    are returned when they require them).
-    Output: ``(N, irreps_out.dim)``.
+    Inputs: the convolution, its ``blocks``, node features ``x`` ``(N * irreps_in.dim,)`` (block
+    after block, :mod:`.layout`), the pairs' radial embedding ``(P, B)``, the blocks' spherical
+    harmonics (see :class:`EdgeInputs`), then the radial MLP's weight matrices (inputs so that
+    their gradients are returned when they require them).
+    Output: ``(N * irreps_out.dim,)``, block after block. The compiled kernels read and write
+    this layout; the torch path works on per-atom rows (:func:`.layout.atom_rows`).
     """
 
     @staticmethod
     def forward(ctx, conv: "TensorProductConv", blocks: List[EdgeBlock], x, embedding, *tensors):
         sh_tables = tensors[:len(blocks)]
-        out = x.new_empty(x.shape[0], conv.irreps_out.dim)  # every block overwrites its rows
+        x = x.contiguous()
+        atoms = layout.num_atoms(x, conv.irreps_in)
         output_matrix = conv.radial.output_matrix(conv._weight_columns, 1 / conv.denominator)
         keep = embedding.shape[0] * output_matrix.shape[1] * x.element_size() <= KEPT_WEIGHTS_BYTES
         # with the radial weights kept, the MLP's graph is kept too, for the backward pass
@@ -131,25 +133,33 @@ class _MessageSums(torch.autograd.Function):
         pair_weights = _pair_weights(conv, hidden.detach(), output_matrix) if keep else None
         work = functools.partial(_work, x)
         compiled = conv._compiled_kernels(x)
+        if compiled is not None:
+            out = x.new_empty(atoms * conv.irreps_out.dim)  # every block overwrites its rows
+            out_blocks = layout.blocks(out, conv.irreps_out, atoms)
+        else:
+            x_rows, out_rows = layout.atom_rows(x, conv.irreps_in, atoms), x.new_empty(atoms, conv.irreps_out.dim)
         for block, sh_block in zip(blocks, sh_tables):
             if block.slots == 0:
-                out[block.r0:block.r0 + block.n] = 0
+                for rows in (out_blocks if compiled is not None else [out_rows]):
+                    rows[block.r0:block.r0 + block.n] = 0
                 continue
             if compiled is not None:
                 weights, rows = _slot_weights(block, hidden, output_matrix, pair_weights, work, gather=False)
-                compiled.forward(block.counts, block.senders, sh_block, weights, rows, x, conv._group_table,
-                                 conv._path_table, conv._path_coefficients, out[block.r0:block.r0 + block.n],
+                compiled.forward(block.counts, block.senders, sh_block, weights, rows, x, atoms, conv._group_table,
+                                 conv._path_table, conv._path_coefficients, out, block.r0,
                                  work("sums", compiled.threads(), conv._sums_width),
                                  work=block.n * block.slots * conv._sums_width)
                 continue
             sums = work("sums", block.n, conv._sums_width)
             weights, _ = _slot_weights(block, hidden, output_matrix, pair_weights, work, gather=True)
-            x_block = _gather(block, x, work)
+            x_block = _gather(block, x_rows, work)
             weights = weights.view(block.n, block.slots, -1)
             for (y_offset, d2, g), q in zip(conv._groups(), conv._split_sums(sums)):
                 y = sh_block[:, :, y_offset:y_offset + d2].transpose(1, 2)
                 q.copy_(torch.bmm(y, _weighted_inputs(g, weights, x_block, work)))
-            out[block.r0:block.r0 + block.n] = conv._couple(sums)
+            out_rows[block.r0:block.r0 + block.n] = conv._couple(sums)
+        if compiled is None:
+            out = layout.from_atom_rows(out_rows, conv.irreps_out)
         ctx.conv, ctx.blocks, ctx.pair_weights = conv, blocks, pair_weights
         ctx.radial_graph = (embedding, hidden) if hidden.requires_grad else None
         ctx.save_for_backward(x, embedding.detach(), *sh_tables)
@@ -161,6 +171,7 @@ class _MessageSums(torch.autograd.Function):
         conv, blocks, pair_weights = ctx.conv, ctx.blocks, ctx.pair_weights
         grad_out = grad_out.contiguous()
         x, embedding, *sh_tables = ctx.saved_tensors
+        atoms = layout.num_atoms(x, conv.irreps_in)
         need_embedding = ctx.needs_input_grad[3]
         need_weights = ctx.needs_input_grad[4 + len(blocks):]
         hidden_weights = [w for w, need in zip(list(conv.radial.weights)[:-1], need_weights) if need]
@@ -175,13 +186,16 @@ class _MessageSums(torch.autograd.Function):
         output_matrix_d, hidden_d = output_matrix.detach(), hidden.detach()
         grad_output_matrix = torch.zeros_like(output_matrix) if need_weights[-1] else None
         compiled = conv._compiled_kernels(x)
-        # the compiled kernels add the gradient of x into an array per thread
-        grad_x = x.new_zeros(compiled.threads(), *x.shape) if compiled is not None else torch.zeros_like(x)
+        if compiled is not None:  # the compiled kernels add the gradient of x into an array per thread
+            grad_x = x.new_zeros(compiled.threads(), x.numel())
+        else:  # the torch path works on per-atom rows
+            x_rows, grad_x = layout.atom_rows(x, conv.irreps_in, atoms), x.new_zeros(atoms, conv.irreps_in.dim)
+            grad_out_rows = layout.atom_rows(grad_out, conv.irreps_out, atoms)
         grad_sh = [torch.empty_like(t) for t in sh_tables]
         work = functools.partial(_work, x)
         if compiled is not None and pair_weights is not None:
             # the kernels sum the two slots of each pair into the pair's row: one product per pair
-            grad_pairs = _pair_weight_gradients(conv, compiled, blocks, sh_tables, x, grad_out, pair_weights,
+            grad_pairs = _pair_weight_gradients(conv, compiled, blocks, sh_tables, x, atoms, grad_out, pair_weights,
                                                 grad_sh, grad_x, work)
             grad_hidden = grad_pairs @ output_matrix_d.t()
             if grad_output_matrix is not None:
@@ -197,23 +211,22 @@ class _MessageSums(torch.autograd.Function):
                 if compiled is not None:
                     weights, rows = _slot_weights(block, hidden_d, output_matrix_d, None, work, gather=False)
                     scratch = work("grad_sums", compiled.threads(), conv._sums_width)
-                    compiled.backward(block.counts, block.senders, sh_block, weights, rows, x, conv._group_table,
-                                      conv._path_table, conv._path_coefficients, grad_out[block.r0:block.r0 + n],
-                                      scratch, grad_sh_block, grad_weights, grad_x,
+                    compiled.backward(block.counts, block.senders, sh_block, weights, rows, x, atoms,
+                                      conv._group_table, conv._path_table, conv._path_coefficients, grad_out,
+                                      block.r0, scratch, grad_sh_block, grad_weights, grad_x,
                                       work=3 * n * k * conv._sums_width)
                 else:
                     weights, _ = _slot_weights(block, hidden_d, output_matrix_d, pair_weights, work, gather=True)
-                    gx_block = work("grad_x", n, k, x.shape[1])
-                    grad_sums = conv._couple_transposed(grad_out[block.r0:block.r0 + n])
-                    _message_sums_backward(conv, block, sh_block, weights.view(n, k, -1), x, grad_sums,
+                    gx_block = work("grad_x", n, k, conv.irreps_in.dim)
+                    grad_sums = conv._couple_transposed(grad_out_rows[block.r0:block.r0 + n])
+                    _message_sums_backward(conv, block, sh_block, weights.view(n, k, -1), x_rows, grad_sums,
                                            grad_sh_block, grad_weights.view(n, k, -1), gx_block, work)
                     grad_x.index_add_(0, block.senders, gx_block.view(n * k, -1))
                 # through R = hidden @ output_matrix, to the pairs (empty slots add zero to pair 0)
                 grad_hidden.index_add_(0, block.pairs, grad_weights @ output_matrix_d.t())
                 if grad_output_matrix is not None:
                     grad_output_matrix.addmm_(hidden_d.index_select(0, block.pairs).t(), grad_weights)
-        if compiled is not None:
-            grad_x = grad_x.sum(0)
+        grad_x = grad_x.sum(0) if compiled is not None else layout.from_atom_rows(grad_x, conv.irreps_in)
         if pair_weights is not None:
             # a second backward pass (retain_graph) forms the weights again, block by block
             ctx.pair_weights = None
@@ -228,8 +241,8 @@ class _MessageSums(torch.autograd.Function):
         return None, None, grad_x, grad_embedding, *grad_sh, *grad_mlp
 
 
-def _pair_weight_gradients(conv: "TensorProductConv", compiled, blocks: List[EdgeBlock], sh_tables, x, grad_out,
-                           pair_weights, grad_sh, grad_x, work):
+def _pair_weight_gradients(conv: "TensorProductConv", compiled, blocks: List[EdgeBlock], sh_tables, x, atoms: int,
+                           grad_out, pair_weights, grad_sh, grad_x, work):
     """The compiled backward pass with the radial weights kept per pair: the gradient with respect
     to ``pair_weights`` ``(P, W)``, each pair's row the sum over its two slots (in scratch space),
     while the gradients of the spherical harmonics and of ``x`` go to ``grad_sh`` and ``grad_x``
@@ -244,8 +257,8 @@ def _pair_weight_gradients(conv: "TensorProductConv", compiled, blocks: List[Edg
         for block, sh_block, grad_sh_block in zip(blocks, sh_tables, grad_sh):
             if block.slots == 0:
                 continue
-            compiled.backward(block.counts, block.senders, sh_block, pair_weights, block.pairs, x, conv._group_table,
-                              conv._path_table, conv._path_coefficients, grad_out[block.r0:block.r0 + block.n],
+            compiled.backward(block.counts, block.senders, sh_block, pair_weights, block.pairs, x, atoms,
+                              conv._group_table, conv._path_table, conv._path_coefficients, grad_out, block.r0,
                               scratch, grad_sh_block, grad_pairs, grad_x,
                               work=3 * block.n * block.slots * conv._sums_width // 2,
                               grad_rows=block.pairs, phases=block.phases, phase=phase)
@@ -291,9 +304,10 @@ def _slot_weights(block: EdgeBlock, hidden, output_matrix, pair_weights, work, g
 
 def _message_sums_backward(conv: "TensorProductConv", block: EdgeBlock, sh_block, weights, x, grad_sums,
                            grad_sh, grad_weights, grad_x, work):
-    """The pure-torch gradients of a block's message sums (the compiled kernels' fallback): given
-    ``grad_sums (n, conv._sums_width)``, writes ``grad_sh (n, K, S)``, ``grad_weights (n, K, W)``
-    and the gradients ``grad_x (n, K, D)`` of each slot's sender features."""
+    """The pure-torch gradients of a block's message sums (the compiled kernels' fallback), with
+    ``x`` the features as per-atom rows ``(N, D)``: given ``grad_sums (n, conv._sums_width)``,
+    writes ``grad_sh (n, K, S)``, ``grad_weights (n, K, W)`` and the gradients ``grad_x (n, K, D)``
+    of each slot's sender features."""
     n, k = block.n, block.slots
     x_block = _gather(block, x, work)
     grad_sh.zero_()
@@ -317,7 +331,7 @@ def _message_sums_backward(conv: "TensorProductConv", block: EdgeBlock, sh_block
 
 
 def _gather(block: EdgeBlock, x, work):
-    """The sender features ``(n, K, D)`` of ``block``'s slots."""
+    """The sender features ``(n, K, D)`` of ``block``'s slots, from per-atom rows ``x`` ``(N, D)``."""
     out = work("x", block.n * block.slots, x.shape[1])
     return torch.index_select(x, 0, block.senders, out=out).view(block.n, block.slots, -1)
 
@@ -351,10 +365,11 @@ class TensorProductConv(nn.Module):
     first, of ``Y_m2 · R x_m1`` (see :class:`_MessageSums`), and the Clebsch-Gordan coupling is
     applied to the sums, per atom: no per-edge message is ever formed. The radial weights depend
     on the edge length only, so they are formed once per pair of reverse edges. On the CPU the
-    sums and their gradients run in compiled kernels (:mod:`.native`); features are channel-last
-    (``[2l+1, mul]`` blocks, as everywhere inside the network), so the work runs over contiguous
-    channels, and the output merges the paths of one irrep into one block (``irreps_out`` is
-    simplified), so the next linear layer is one matrix product per irrep. The message sums
+    sums and their gradients run in compiled kernels (:mod:`.native`); features are laid out
+    block after block, each block ``(N, 2l+1, mul)`` (:mod:`.layout`, as everywhere inside the
+    network), so a sender's block is one row and the work runs over contiguous channels, and
+    the output merges the paths of one irrep into one block (``irreps_out`` is simplified), so
+    the next linear layer is one matrix product per irrep. The message sums
     have a hand-written backward pass: first derivatives (forces, stress) only; differentiating
     twice (Hessians, training on forces) raises an error.
 
@@ -392,20 +407,23 @@ class TensorProductConv(nn.Module):
         x_offsets = [sum(self._in_dims[:b]) for b in range(len(self._in_dims))]
         # Edge layouts, grouped by sh block, then input block, then path: radial weights
         # [path, u], weighted inputs [path, m1, u]. Per atom, the coupled sums of a group are
-        # [path, m3, u]; in the output (channel-last, [m3, channel] per block of irreps_out) a
-        # path's channels follow those of the paths before it with the same irrep: element
-        # (m3, u) of path k at out_start[k] + m3 * out_stride[k] + u.
-        out_start, out_stride, block, previous = [], [], -1, None
+        # [path, m3, u]; in the output ([m3, channel] per atom and block of irreps_out) a path's
+        # channels follow those of the paths before it with the same irrep: element (m3, u) of
+        # path k at column out_start[k] + m3 * out_stride[k] + u of an atom's row (the
+        # channel out_channel[k] + u of the block at out_block[k]).
+        out_block, out_channel, out_stride, block, previous = [], [], [], -1, None
         for mul, ir in path_irreps:
             if mul > 0 and ir != previous:  # the next block of irreps_out (as simplify() merges)
                 block, previous, channel = block + 1, ir, 0
-            out_start.append(self.irreps_out.slices()[block].start + channel if mul > 0 else 0)
+            out_block.append(self.irreps_out.slices()[block].start if mul > 0 else 0)
+            out_channel.append(channel if mul > 0 else 0)
             out_stride.append(self.irreps_out[block].mul if mul > 0 else 0)
             channel += mul
+        out_start = [b + c for b, c in zip(out_block, out_channel)]
         self._plan, couplings, weight_columns = [], [], []
         out_columns = [None] * self.irreps_out.dim
-        # per path, for message_sums.c: its group, its index in the group, d3, and its
-        # coefficients (d3, d2, d1), in the order of the groups
+        # per path, for message_sums.c: its group, its index in the group, d3, its output block and
+        # channels, and its coefficients (d3, d2, d1), in the order of the groups
         path_rows, coefficients = [None] * len(self.paths), []
         w_offset = sum_offset = 0
         for i_sh, (_, ir_sh) in enumerate(self.irreps_sh):
@@ -426,8 +444,8 @@ class TensorProductConv(nn.Module):
                     for m in range(d3):
                         for u in range(mul):
                             out_columns[out_start[k] + m * out_stride[k] + u] = sum_offset + (row + m) * mul + u
-                    path_rows[k] = [len(couplings), p, d3, out_start[k], sum(c.numel() for c in coefficients),
-                                    out_stride[k]]
+                    path_rows[k] = [len(couplings), p, d3, out_block[k], sum(c.numel() for c in coefficients),
+                                    out_stride[k], out_channel[k]]
                     coefficients.append(cg.reshape(-1))
                     row += d3
                 couplings.append(coupling)
@@ -447,9 +465,10 @@ class TensorProductConv(nn.Module):
         table = [[y_offset, d2, g.x_offset, g.d1, g.mul, g.paths, g.w_offset, sum(self._sum_widths[:k])]
                  for k, (y_offset, d2, g) in enumerate(self._groups())]
         self.register_buffer("_group_table", torch.tensor(table, dtype=torch.int32).view(-1, 8), persistent=False)
-        # per path with channels: group, p, d3, out_start, the offset of its coefficients, out_stride
+        # per path with channels: group, p, d3, the start of its output block, the offset of its
+        # coefficients, the output block's channels, the path's first channel in it
         path_table = [row for row in path_rows if row is not None]
-        self.register_buffer("_path_table", torch.tensor(path_table, dtype=torch.int32).view(-1, 6), persistent=False)
+        self.register_buffer("_path_table", torch.tensor(path_table, dtype=torch.int32).view(-1, 7), persistent=False)
         self.register_buffer("_path_coefficients", torch.cat(coefficients) if coefficients else torch.zeros(0,
                              dtype=torch.float64), persistent=False)
         #: whether CPU calls use the compiled kernels (:mod:`.native`) when they can be built
@@ -463,9 +482,9 @@ class TensorProductConv(nn.Module):
         self.register_buffer("_out_rows", torch.argsort(out_columns), persistent=False)
 
     def forward(self, x: torch.Tensor, edges: EdgeInputs) -> torch.Tensor:
-        """Node features ``(N, irreps_in.dim)`` and the edges of the call (blocks covering receivers
-        ``0 .. N-1`` in order) → aggregated messages ``(N, irreps_out.dim)``; both channel-last
-        (blocks ``[2l+1, mul]``)."""
+        """Node features ``(N * irreps_in.dim,)`` and the edges of the call (blocks covering
+        receivers ``0 .. N-1`` in order) → aggregated messages ``(N * irreps_out.dim,)``; both
+        block after block (:mod:`.layout`)."""
         return _MessageSums.apply(self, edges.blocks, x, edges.embedding, *edges.sh, *self.radial.weights)
 
     def _groups(self):

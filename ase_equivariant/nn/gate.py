@@ -5,7 +5,9 @@ import torch
 from torch import nn
 
 from ..o3 import Irreps
+from . import layout
 from .activations import ScaledActivation
+from .layout import num_atoms
 
 
 class Gate(nn.Module):
@@ -38,55 +40,50 @@ class Gate(nn.Module):
         gate_parity = 1 if any(ir.p == 1 for _, ir in scalars) else -1
         gates = [(mul, (0, gate_parity)) for mul, _ in gated]
         blocks = Irreps(scalars + gates + gated)
-        sorted_blocks, perm, _ = blocks.sort()
+        sorted_blocks, _, inverse = blocks.sort()
         self.irreps_in = sorted_blocks.simplify()
         self.irreps_out = irreps_out
 
-        # where each unsorted block lands in the sorted (input) layout
-        starts = [sl.start for sl in sorted_blocks.slices()]
-        index = torch.cat(
-            [torch.arange(starts[perm[b]], starts[perm[b]] + mul * ir.dim) for b, (mul, ir) in enumerate(blocks)]
-        ) if len(blocks) else torch.zeros(0, dtype=torch.long)
-        n_scalar = sum(mul for mul, _ in scalars)
-        n_gate = sum(mul for mul, _ in gates)
-        # each part's columns: a slice where they are a range (as when the gates come right after
-        # the scalars), taken as a view, else the name of a buffer of their indices
-        self._parts = {}
-        for part, columns in (("scalars", index[:n_scalar]), ("gates", index[n_scalar:n_scalar + n_gate]),
-                              ("gated", index[n_scalar + n_gate:])):
-            first = int(columns[0]) if len(columns) else 0
-            if torch.equal(columns, torch.arange(first, first + len(columns))):
-                self._parts[part] = slice(first, first + len(columns))
-            else:
-                self._parts[part] = f"_{part}_columns"
-                self.register_buffer(self._parts[part], columns, persistent=False)
+        # where each unsorted block lands in the input: a channel range of a block of irreps_in
+        # (simplify() merges neighbouring blocks of one irrep, as this walk does)
+        place, k, channel, previous = [None] * len(blocks), -1, 0, None
+        for position, (mul, ir) in enumerate(sorted_blocks):
+            if ir != previous and mul > 0:
+                k, channel, previous = k + 1, 0, ir
+            place[inverse[position]] = (k, channel, mul)
+            channel += mul
+        n_scalar, n_gated = len(scalars), len(gated)
+        self._scalar_places = place[:n_scalar]
+        self._gated_places = place[n_scalar + n_gated:]
+        # the gates, of one irrep and consecutive before the (stable) sort, lie side by side in
+        # one block: one activation for all of them
+        gate_places = place[n_scalar:n_scalar + n_gated]
+        self._gate_muls = [mul for mul, _ in gates]
+        if gate_places:
+            k, channel, _ = gate_places[0]
+            assert all(p[:2] == (k, channel + sum(self._gate_muls[:j])) for j, p in enumerate(gate_places))
+            self._gates = (k, channel, sum(self._gate_muls))
         parity_name = {1: "e", -1: "o"}
-        self._scalar_acts = [(mul, act_scalars[parity_name[ir.p]]) for mul, ir in scalars]
+        self._scalar_acts = [act_scalars[parity_name[ir.p]] for _, ir in scalars]
         self._gate_act = act_gates[parity_name[gate_parity]]
-        # features are channel-last ([2l+1, mul] per block): a block's gates multiply each of
-        # its 2l+1 rows
-        self._gated_shapes = [(mul, ir.dim) for mul, ir in gated]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, irreps_in.dim)`` → ``(N, irreps_out.dim)``, channel-last (blocks ``[2l+1, mul]``)."""
-        s = self._columns(x, "scalars")
-        if len(self._scalar_acts) == 1:
-            s = self._scalar_acts[0][1](s)
-        else:
-            s = torch.cat([act(part) for (_, act), part in
-                           zip(self._scalar_acts, s.split([m for m, _ in self._scalar_acts], dim=1))], dim=1)
-        if not self._gated_shapes:
-            return s
-        gates = self._gate_act(self._columns(x, "gates")).split([mul for mul, _ in self._gated_shapes], dim=1)
-        gated = self._columns(x, "gated").split([mul * dim for mul, dim in self._gated_shapes], dim=1)
-        n = x.shape[0]
-        return torch.cat([s] + [(v.view(n, dim, mul) * g.unsqueeze(1)).view(n, -1)
-                                for v, g, (mul, dim) in zip(gated, gates, self._gated_shapes)], dim=1)
+        """``(N * irreps_in.dim,)`` → ``(N * irreps_out.dim,)``, block after block (:mod:`.layout`)."""
+        n = num_atoms(x, self.irreps_in)
+        parts = layout.blocks(x, self.irreps_in, n)
 
-    def _columns(self, x: torch.Tensor, part: str) -> torch.Tensor:
-        """The columns of ``x`` that hold ``part`` (``"scalars"``, ``"gates"`` or ``"gated"``)."""
-        columns = self._parts[part]
-        return x[:, columns] if isinstance(columns, slice) else x.index_select(1, getattr(self, columns))
+        def part(where):
+            k, channel, mul = where
+            return parts[k][:, :, channel:channel + mul] if mul else x.new_zeros(n, 1, 0)
+
+        out = [act(part(where)) for act, where in zip(self._scalar_acts, self._scalar_places)]
+        if self._gated_places:
+            gates = self._gate_act(part(self._gates)).split(self._gate_muls, dim=2)
+            out += [part(where) * g for where, g in zip(self._gated_places, gates)]
+        if not out:
+            return x.new_zeros(0)
+        return torch.cat([t.reshape(-1) for t in out]) if len(out) > 1 else out[0].reshape(-1)
 
     def extra_repr(self) -> str:
         return f"{self.irreps_in} -> {self.irreps_out}"
+

@@ -26,8 +26,8 @@ class InteractionBlock(nn.Module):
         self.gate = gate
 
     def forward(self, x, edges) -> torch.Tensor:
-        """Node features ``(N, irreps_in.dim)`` → ``(N, irreps_out.dim)``; ``edges`` as in
-        :meth:`TensorProductConv.forward`."""
+        """Node features ``(N * irreps_in.dim,)`` → ``(N * irreps_out.dim,)`` (block after block,
+        :mod:`.layout`); ``edges`` as in :meth:`TensorProductConv.forward`."""
         skip = self.self_connection(x)
         x = self.conv(self.linear_1(x), edges)
         return self.gate(self.linear_2(x) + skip)

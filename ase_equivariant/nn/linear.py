@@ -7,13 +7,16 @@ from torch.autograd.function import once_differentiable
 
 from ..o3 import Irreps
 from .derived import derived
+from .layout import num_atoms
 
 
 class _Product(NamedTuple):
-    """One product of the layer, for output block ``block`` and one of its sources: per
-    component ``m < dim``, ``y[:, out_start + m*mul_out : ...] (+)= x[:, in_start + m*mul : ...]
-    @ W[row : row + mul]`` (``mul`` input and ``mul_out`` output channels, ``W`` the block's scaled
-    weights); the block's ``first`` product overwrites it, the others add to it."""
+    """One product of the layer, for output block ``block`` and one of its sources: for ``N``
+    atoms, the ``(N * dim, mul_out)`` block at ``N * out_start`` of the output (+)= the
+    ``(N * dim, mul)`` block at ``N * in_start`` of the input ``@ W[row : row + mul]`` (``W`` the
+    output block's scaled weights). The output block's ``first`` product overwrites it, the
+    others add to it; in the backward pass, the source's ``first_read`` product overwrites its
+    gradient."""
 
     block: int
     out_start: int
@@ -23,62 +26,64 @@ class _Product(NamedTuple):
     mul_out: int
     row: int
     first: bool
+    first_read: bool
 
+    def rows_in(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """The source block of the features ``x`` of ``n`` atoms as an ``(n * dim, mul)`` matrix."""
+        return x[n * self.in_start:n * self.in_start + n * self.dim * self.mul].view(n * self.dim, self.mul)
 
-def _components(t: torch.Tensor, start: int, dim: int, width: int) -> torch.Tensor:
-    """Columns ``start .. start + dim*width - 1`` of the rows of ``t`` ``(N, C)`` as the
-    ``(dim, N, width)`` batch of their components: strided matrices, no copy."""
-    rows, columns = t.stride()
-    return t.as_strided((dim, t.shape[0], width), (width * columns, rows, columns),
-                        t.storage_offset() + start * columns)
-
-
-def _rows(w: torch.Tensor, p: _Product) -> torch.Tensor:
-    """Rows ``p.row .. p.row + p.mul - 1`` of the weights ``w``, repeated ``p.dim`` times (stride 0)
-    as a ``(dim, mul, mul_out)`` batch."""
-    rows, columns = w.stride()
-    return w.as_strided((p.dim, p.mul, p.mul_out), (0, rows, columns), w.storage_offset() + p.row * rows)
+    def rows_out(self, y: torch.Tensor, n: int) -> torch.Tensor:
+        """The output block of ``y`` as an ``(n * dim, mul_out)`` matrix."""
+        return y[n * self.out_start:n * self.out_start + n * self.dim * self.mul_out].view(n * self.dim, self.mul_out)
 
 
 class _BlockProducts(torch.autograd.Function):
-    """The map of :class:`EquivariantLinear`: one batched matrix product over the components
-    ``m`` of each pair of an output block and a source block (:attr:`EquivariantLinear._products`),
-    between column ranges of ``x`` and of the output viewed as strided batches (no copies of
-    transposed blocks, no concatenation, the output written in place); the gradients the same
-    products transposed.
+    """The map of :class:`EquivariantLinear`: one matrix product per pair of an output block and
+    a source block (:attr:`EquivariantLinear._products`), between blocks of the input and of the
+    output (views, written in place); the gradients the same products transposed.
 
-    Inputs: the layer, ``x (N, irreps_in.dim)``, then the scaled weights of every output block
+    Inputs: the layer, ``x (N * irreps_in.dim,)``, then the scaled weights of every output block
     (:meth:`EquivariantLinear._scaled_weights`). First derivatives only.
     """
 
     @staticmethod
     def forward(ctx, layer: "EquivariantLinear", x, *weights):
-        out = x.new_empty(x.shape[0], layer.irreps_out.dim)
+        x = x.contiguous()
+        n = num_atoms(x, layer.irreps_in)
+        out = x.new_empty(n * layer.irreps_out.dim)
         for p in layer._products:
-            _components(out, p.out_start, p.dim, p.mul_out).baddbmm_(
-                _components(x, p.in_start, p.dim, p.mul), _rows(weights[p.block], p), beta=0 if p.first else 1)
-        for columns in layer._sourceless:
-            out[:, columns] = 0
-        ctx.layer = layer
+            w = weights[p.block][p.row:p.row + p.mul]
+            if p.first:
+                torch.mm(p.rows_in(x, n), w, out=p.rows_out(out, n))
+            else:
+                p.rows_out(out, n).addmm_(p.rows_in(x, n), w)
+        for s in layer._sourceless:
+            out[n * s.start:n * s.stop] = 0
+        ctx.layer, ctx.n = layer, n
         ctx.save_for_backward(x if any(ctx.needs_input_grad[2:]) else None, *weights)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
+        layer, n = ctx.layer, ctx.n
         x, *weights = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
         grad_x = None
         if ctx.needs_input_grad[1]:
-            grad_x = grad_out.new_zeros(grad_out.shape[0], ctx.layer.irreps_in.dim)
-            for p in ctx.layer._products:
-                _components(grad_x, p.in_start, p.dim, p.mul).baddbmm_(
-                    _components(grad_out, p.out_start, p.dim, p.mul_out), _rows(weights[p.block], p).transpose(1, 2))
+            grad_x = grad_out.new_empty(n * layer.irreps_in.dim)
+            for p in layer._products:
+                w = weights[p.block][p.row:p.row + p.mul].t()
+                if p.first_read:
+                    torch.mm(p.rows_out(grad_out, n), w, out=p.rows_in(grad_x, n))
+                else:
+                    p.rows_in(grad_x, n).addmm_(p.rows_out(grad_out, n), w)
+            for s in layer._unread:
+                grad_x[n * s.start:n * s.stop] = 0
         grad_weights = [torch.zeros_like(w) if need else None for w, need in zip(weights, ctx.needs_input_grad[2:])]
-        for p in ctx.layer._products:
+        for p in layer._products:
             if grad_weights[p.block] is not None:
-                grad_weights[p.block][p.row:p.row + p.mul] += torch.bmm(
-                    _components(x, p.in_start, p.dim, p.mul).transpose(1, 2),
-                    _components(grad_out, p.out_start, p.dim, p.mul_out)).sum(0)
+                grad_weights[p.block][p.row:p.row + p.mul].addmm_(p.rows_in(x, n).t(), p.rows_out(grad_out, n))
         return None, grad_x, *grad_weights
 
 
@@ -87,12 +92,12 @@ class EquivariantLinear(nn.Module):
     :math:`y_{w m} = \frac{1}{\sqrt{n}} \sum_u W^{(k)}_{u w} x_{u m}`, the sum running over the
     channels ``u`` of every input block of the same type (``n`` of them, in input order). No bias.
 
-    Features use the flat channel-last layout ``(N, irreps.dim)``, each block stored
-    ``[2l+1, mul]`` (as everywhere inside the network; see :mod:`.potential`). A source block is a
-    strided ``(N, mul)`` matrix per component ``m``, multiplied by the ``(mul, mul_out)`` weights
-    into the matching columns of the output (:class:`_BlockProducts`): the map's block-diagonal
-    structure is never written out as a dense matrix (on a molecule its dense products took as
-    long or longer, reading mostly zeros).
+    Features are in the network's block-after-block layout (:mod:`.layout`): a block of ``N``
+    atoms is an ``(N * (2l+1), mul)`` matrix, multiplied by the ``(mul, mul_out)`` weights
+    into the matching block of the output (:class:`_BlockProducts`), one matrix product per
+    pair of an output block and a source; the map's block-diagonal structure is never written
+    out as a dense matrix (on a molecule its dense products took as long or longer, reading
+    mostly zeros).
 
     Args:
         irreps_in, irreps_out: the input and output irreps.
@@ -107,22 +112,25 @@ class EquivariantLinear(nn.Module):
         self.irreps_out = Irreps(irreps_out)
         in_slices, out_slices = self.irreps_in.slices(), self.irreps_out.slices()
         self._products: List[_Product] = []
-        self._sourceless: List[slice] = []  # the columns of output blocks without sources: zero
-        weights = []
+        self._sourceless: List[slice] = []  # the output blocks without sources: zero
+        read, weights = set(), []
         for k, (mul_out, ir_out) in enumerate(self.irreps_out):
             row = 0
             for b, (mul, ir) in enumerate(self.irreps_in):
                 if ir == ir_out and mul > 0:
                     self._products.append(_Product(k, out_slices[k].start, in_slices[b].start, ir.dim, mul,
-                                                   mul_out, row, first=row == 0))
+                                                   mul_out, row, first=row == 0, first_read=b not in read))
+                    read.add(b)
                     row += mul
             if row == 0:
                 self._sourceless.append(out_slices[k])
             weights.append(nn.Parameter(torch.randn(row, mul_out)))
         self.weights = nn.ParameterList(weights)
+        # the input blocks that no output reads: their gradient is zero
+        self._unread = [s for b, s in enumerate(in_slices) if b not in read]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, irreps_in.dim)`` → ``(N, irreps_out.dim)``, channel-last."""
+        """``(N * irreps_in.dim,)`` → ``(N * irreps_out.dim,)``, both block after block (:mod:`.layout`)."""
         return _BlockProducts.apply(self, x, *self._scaled_weights())
 
     def _scaled_weights(self) -> List[torch.Tensor]:

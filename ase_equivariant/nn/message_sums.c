@@ -5,21 +5,28 @@
  * pure-torch path in convolution.py computes the same numbers and is used where this library
  * cannot be built.
  *
- * A block holds receivers 0 .. n-1 with K slots each (row-major (n, K) tables); receiver i's
+ * Node features of the N atoms are stored block after block (ase_equivariant/nn/layout.py):
+ * the block that starts at column c of an atom's irreps (mul channels of dimension d) is the
+ * (N, d, mul) array at N*c, so that atom a's row of it starts at N*c + a*d*mul.
+ *
+ * A block holds receivers r0 .. r0+n-1 with K slots each (row-major (n, K) tables); receiver i's
  * edges are in its first counts[i] slots. Per slot e = i*K + k:
  *   Y[e, 0:S]            spherical harmonics of the edge,
  *   R[rows[e], 0:W]      radial weights of the edge (rows NULL: R[e, 0:W]; both edges of a
  *                        pair of reverse edges can share a row),
- *   x[senders[e], 0:D]   the sender's features (channel-last: blocks [d1, mul]).
+ *   x                    the sender's features, of atom senders[e].
  * A group (an input block with a spherical-harmonic block) is described by 8 ints
  *   y_off, d2, x_off, d1, mul, paths, w_off, q_off
- * and its message sums, per receiver, are the (d2, paths, d1, mul) block at q_off of Q[0:QD]:
+ * (its input block starts at column x_off) and its message sums, per receiver, are the
+ * (d2, paths, d1, mul) block at q_off of Q[0:QD]:
  *   Q[q_off + ((m2*paths + p)*d1 + m1)*mul + u]
- *       = sum_k Y[e, y_off+m2] * R[rows[e], w_off + p*mul + u] * x[s_e, x_off + m1*mul + u].
- * A path (p of a group, to an output irrep of dimension d3) is described by 6 ints
- *   group, p, d3, out_off, coef_off, out_stride
- * and the receiver's output, row i of out (n, OD), holds its coupled sums channel-last:
- *   out[i, out_off + m3*out_stride + u] = sum_{m2, m1} coef[coef_off + (m3*d2 + m2)*d1 + m1] Q[..m2, p, m1, u]
+ *       = sum_k Y[e, y_off+m2] * R[rows[e], w_off + p*mul + u] * x[N*x_off + s_e*d1*mul + m1*mul + u].
+ * A path (p of a group, to an output irrep of dimension d3) is described by 7 ints
+ *   group, p, d3, out_off, coef_off, out_stride, channel
+ * (its channels are channel .. channel+mul-1 of the output block at column out_off, which has
+ * out_stride channels) and the output of atom a = r0 + i holds its coupled sums:
+ *   out[N*out_off + a*d3*out_stride + m3*out_stride + channel + u]
+ *       = sum_{m2, m1} coef[coef_off + (m3*d2 + m2)*d1 + m1] Q[..m2, p, m1, u]
  * (coef: the path's Clebsch-Gordan coefficients with its normalisation). Q lives only in a
  * buffer of the thread (work, threads * QD), receiver by receiver, hot in cache.
  *
@@ -58,13 +65,35 @@ typedef struct {
 } group_t;
 
 typedef struct {
-    int group, p, d3, out_off, coef_off, out_stride;
+    int group, p, d3, out_off, coef_off, out_stride, channel;
 } path_t;
+
+/* An input block: its rows (width numbers each) start at offset, one per atom. */
+typedef struct {
+    int64_t offset, width;
+} rows_t;
+
+/* the most input blocks whose rows the kernels prefetch */
+#define MAX_INPUT_BLOCKS 16
 
 /* how the backward pass stores a row of dL/dR (backward_group) */
 typedef enum { WRITE, AROUND, ADD } store_t;
 
 int max_dim(void) { return MAX_DIM; }
+
+/* The distinct input blocks of the groups (at most MAX_INPUT_BLOCKS; their number), for N atoms. */
+static int input_blocks(const group_t *groups, int64_t n_groups, int64_t N, rows_t *blocks)
+{
+    int count = 0;
+    for (int64_t gi = 0; gi < n_groups; ++gi) {
+        const int64_t offset = N * groups[gi].x_off;
+        int seen = 0;
+        for (int b = 0; b < count; ++b) seen |= blocks[b].offset == offset;
+        if (!seen && count < MAX_INPUT_BLOCKS)
+            blocks[count++] = (rows_t){offset, (int64_t)groups[gi].d1 * groups[gi].mul};
+    }
+    return count;
+}
 
 /* Ask for the `bytes` from p to be brought into cache (level 2 and up), one line at a time. */
 INLINE void prefetch_rows(const void *p, int64_t bytes)
@@ -172,7 +201,7 @@ INLINE void CAT(store_around_caches, SUFFIX)(T *p, VB v)
  * (forward kernels ~20 % faster with 4 than with 1: benchmarks/kernels_micro.c, n = 864). */
 INLINE void CAT(forward_tiles, SUFFIX)(
     const group_t g, const int D2, const int NT, int u0, int64_t i, int64_t K, int64_t count, const int64_t *senders,
-    const T *Y, int64_t S, const T *R, const int64_t *rows, int64_t W, int64_t r_col, const T *x, int64_t D,
+    const T *Y, int64_t S, const T *R, const int64_t *rows, int64_t W, int64_t r_col, const T *xg, int64_t x_row,
     int64_t x_col, T *qpm, int64_t row)
 {
     VF acc[4][MAX_DIM];
@@ -180,7 +209,7 @@ INLINE void CAT(forward_tiles, SUFFIX)(
         for (int m2 = 0; m2 < D2; ++m2) acc[t][m2] = (VF){0};
     for (int64_t k = 0; k < count; ++k) {
         const int64_t e = i * K + k;
-        const T *r = R + (rows ? rows[e] : e) * W + r_col + u0, *xe = x + senders[e] * D + x_col + u0;
+        const T *r = R + (rows ? rows[e] : e) * W + r_col + u0, *xe = xg + senders[e] * x_row + x_col + u0;
         const T *y = Y + e * S + g.y_off;
         for (int t = 0; t < NT; ++t) {
             const VF z = *(const VF *)(r + t * TF) * *(const VF *)(xe + t * TF);
@@ -191,19 +220,22 @@ INLINE void CAT(forward_tiles, SUFFIX)(
         for (int m2 = 0; m2 < D2; ++m2) *(VF *)(qpm + m2 * row + u0 + t * TF) = acc[t][m2];
 }
 
-/* Forward, one group of receiver i: every (p, m1) and tile of channels (see forward_tiles). */
+/* Forward, one group of receiver i: every (p, m1) and tile of channels (see forward_tiles); x
+ * the features of N atoms. */
 INLINE void CAT(forward_group, SUFFIX)(
     const group_t g, const int D2, int64_t i, int64_t K, int64_t count, const int64_t *senders,
-    const T *Y, int64_t S, const T *R, const int64_t *rows, int64_t W, const T *x, int64_t D, T *q)
+    const T *Y, int64_t S, const T *R, const int64_t *rows, int64_t W, const T *x, int64_t N, T *q)
 {
     const int64_t row = (int64_t)g.paths * g.d1 * g.mul; /* between m2 rows of the sums */
+    const T *xg = x + N * g.x_off; /* the group's input block, a row of x_row per atom */
+    const int64_t x_row = (int64_t)g.d1 * g.mul;
     for (int p = 0; p < g.paths; ++p) {
         for (int m1 = 0; m1 < g.d1; ++m1) {
             T *qpm = q + g.q_off + (int64_t)(p * g.d1 + m1) * g.mul;
-            const int64_t r_col = g.w_off + (int64_t)p * g.mul, x_col = g.x_off + (int64_t)m1 * g.mul;
+            const int64_t r_col = g.w_off + (int64_t)p * g.mul, x_col = (int64_t)m1 * g.mul;
             int u0 = 0;
-#define TILES(NT) CAT(forward_tiles, SUFFIX)(g, D2, NT, u0, i, K, count, senders, Y, S, R, rows, W, r_col, x, D, \
-                                             x_col, qpm, row)
+#define TILES(NT) CAT(forward_tiles, SUFFIX)(g, D2, NT, u0, i, K, count, senders, Y, S, R, rows, W, r_col, xg, \
+                                             x_row, x_col, qpm, row)
             if (D2 <= 5) /* 4 x d2 accumulators in registers */
                 for (; u0 + 4 * TF <= g.mul; u0 += 4 * TF) TILES(4);
             for (; u0 + 2 * TF <= g.mul; u0 += 2 * TF) TILES(2);
@@ -213,7 +245,7 @@ INLINE void CAT(forward_group, SUFFIX)(
                 T acc[MAX_DIM] = {0};
                 for (int64_t k = 0; k < count; ++k) {
                     const int64_t e = i * K + k;
-                    const T z = R[(rows ? rows[e] : e) * W + r_col + u0] * x[senders[e] * D + x_col + u0];
+                    const T z = R[(rows ? rows[e] : e) * W + r_col + u0] * xg[senders[e] * x_row + x_col + u0];
                     for (int m2 = 0; m2 < D2; ++m2) acc[m2] += Y[e * S + g.y_off + m2] * z;
                 }
                 for (int m2 = 0; m2 < D2; ++m2) qpm[m2 * row + u0] = acc[m2];
@@ -230,7 +262,7 @@ INLINE void CAT(forward_group, SUFFIX)(
  * Per tile of channels, the d1 rows of x and of grad_x and the d2 accumulators of grad_Y stay
  * in registers (D1 and D2 compile-time constants where the caller can make them so). grad_R is
  * written (store WRITE), written around the caches (AROUND, see store_around_caches) or added
- * to (ADD). */
+ * to (ADD). xs and gx: the sender's row of the group's input block in x and in grad_x. */
 INLINE void CAT(backward_group, SUFFIX)(
     const group_t g, const int D2, const int D1, const T *y, const T *r, const T *xs, const T *G,
     T *gy, T *gr, T *gx, const store_t store)
@@ -243,7 +275,7 @@ INLINE void CAT(backward_group, SUFFIX)(
     for (; u0 + TB <= g.mul; u0 += TB) {
         VB xv[MAX_DIM], gxv[MAX_DIM];
         for (int m1 = 0; m1 < D1; ++m1) {
-            xv[m1] = *(const VB *)(xs + g.x_off + (int64_t)m1 * g.mul + u0);
+            xv[m1] = *(const VB *)(xs + (int64_t)m1 * g.mul + u0);
             gxv[m1] = (VB){0};
         }
         for (int p = 0; p < g.paths; ++p) {
@@ -266,14 +298,14 @@ INLINE void CAT(backward_group, SUFFIX)(
             else if (store == AROUND) CAT(store_around_caches, SUFFIX)(to, grv);
             else *(VB *)to = grv;
         }
-        for (int m1 = 0; m1 < D1; ++m1) *(VB *)(gx + g.x_off + (int64_t)m1 * g.mul + u0) += gxv[m1];
+        for (int m1 = 0; m1 < D1; ++m1) *(VB *)(gx + (int64_t)m1 * g.mul + u0) += gxv[m1];
     }
     for (; u0 < g.mul; ++u0) { /* channels left over when mul is no multiple of TB */
         for (int p = 0; p < g.paths; ++p) {
             const T rp = r[g.w_off + (int64_t)p * g.mul + u0];
             T grp = 0;
             for (int m1 = 0; m1 < D1; ++m1) {
-                const T xm = xs[g.x_off + (int64_t)m1 * g.mul + u0];
+                const T xm = xs[(int64_t)m1 * g.mul + u0];
                 const T *gpm = G + g.q_off + (int64_t)(p * D1 + m1) * g.mul + u0;
                 T dz = 0;
                 for (int m2 = 0; m2 < D2; ++m2) {
@@ -281,7 +313,7 @@ INLINE void CAT(backward_group, SUFFIX)(
                     tail[m2] += gpm[m2 * row] * rp * xm;
                 }
                 grp += dz * xm;
-                gx[g.x_off + (int64_t)m1 * g.mul + u0] += dz * rp;
+                gx[(int64_t)m1 * g.mul + u0] += dz * rp;
             }
             if (store == ADD) gr[g.w_off + (int64_t)p * g.mul + u0] += grp;
             else gr[g.w_off + (int64_t)p * g.mul + u0] = grp;
@@ -294,15 +326,15 @@ INLINE void CAT(backward_group, SUFFIX)(
     }
 }
 
-/* One receiver's output row o ← the coupling of its message sums q (see the top of the file). */
+/* The output of atom a (of N, in out) ← the coupling of its message sums q (see the top of the file). */
 static void CAT(couple, SUFFIX)(const group_t *groups, const path_t *paths, int64_t n_paths, const T *coef,
-                                const T *q, T *o)
+                                const T *q, T *out, int64_t N, int64_t a)
 {
     for (int64_t k = 0; k < n_paths; ++k) {
         const path_t P = paths[k];
         const group_t g = groups[P.group];
         const T *c = coef + P.coef_off;
-        T *ok = o + P.out_off;
+        T *ok = out + N * P.out_off + a * P.d3 * P.out_stride + P.channel;
         for (int m3 = 0; m3 < P.d3; ++m3) {
             const T *cm = c + (int64_t)m3 * g.d2 * g.d1;
             int u0 = 0;
@@ -326,16 +358,17 @@ static void CAT(couple, SUFFIX)(const group_t *groups, const path_t *paths, int6
     }
 }
 
-/* Its adjoint: the gradient G of one receiver's message sums from the gradient o of its output
- * row (every element of G belongs to one path and is written). */
+/* Its adjoint: the gradient G of atom a's message sums from the gradient grad_out of the output
+ * (every element of G belongs to one path and is written). */
 static void CAT(couple_transposed, SUFFIX)(const group_t *groups, const path_t *paths, int64_t n_paths,
-                                           const T *coef, const T *o, T *G)
+                                           const T *coef, const T *grad_out, int64_t N, int64_t a, T *G)
 {
     for (int64_t k = 0; k < n_paths; ++k) {
         const path_t P = paths[k];
         const group_t g = groups[P.group];
         const T *c = coef + P.coef_off;
-        const T *ok = o + P.out_off; /* row m3 of the path's block at ok + m3 * out_stride */
+        /* row m3 of the path's channels at ok + m3 * out_stride */
+        const T *ok = grad_out + N * P.out_off + a * P.d3 * P.out_stride + P.channel;
         for (int m2 = 0; m2 < g.d2; ++m2) {
             for (int m1 = 0; m1 < g.d1; ++m1) {
                 T *gk = G + g.q_off + ((int64_t)(m2 * g.paths + P.p) * g.d1 + m1) * g.mul;
@@ -359,14 +392,17 @@ static void CAT(couple_transposed, SUFFIX)(const group_t *groups, const path_t *
     }
 }
 
-/* out[i] (n, OD) for receivers 0 .. n-1 (overwritten); work: threads * QD scratch, shares: n + 1
- * int64 scratch (how the receivers are shared among the threads). */
+/* The output of atoms r0 .. r0+n-1 (overwritten) in out, the features of N atoms; x: those of
+ * the N senders; work: threads * QD scratch, shares: n + 1 int64 scratch (how the receivers are
+ * shared among the threads). */
 void CAT(message_sums, SUFFIX)(
     int64_t n, int threads, int64_t K, const int64_t *counts, const int64_t *senders,
-    const T *Y, int64_t S, const T *R, const int64_t *rows, int64_t W, const T *x, int64_t D,
+    const T *Y, int64_t S, const T *R, const int64_t *rows, int64_t W, const T *x, int64_t N,
     const group_t *groups, int64_t n_groups, int64_t QD, const path_t *paths, int64_t n_paths, const T *coef,
-    T *out, int64_t OD, T *work, int64_t *shares)
+    T *out, int64_t r0, T *work, int64_t *shares)
 {
+    rows_t blocks[MAX_INPUT_BLOCKS];
+    const int n_blocks = input_blocks(groups, n_groups, N, blocks);
     receiver_work(n, K, counts, NULL, 0, shares);
     #pragma omp parallel num_threads(threads)
     for (int64_t i = first_receiver(n, shares, THREAD, TEAM), end = first_receiver(n, shares, THREAD + 1, TEAM);
@@ -378,11 +414,12 @@ void CAT(message_sums, SUFFIX)(
             for (int64_t k = 0; k < counts[i + 1]; ++k) {
                 const int64_t e = (i + 1) * K + k;
                 prefetch_rows(R + (rows ? rows[e] : e) * W, W * sizeof(T));
-                prefetch_rows(x + senders[e] * D, D * sizeof(T));
+                for (int b = 0; b < n_blocks; ++b)
+                    prefetch_rows(x + blocks[b].offset + senders[e] * blocks[b].width, blocks[b].width * sizeof(T));
             }
         for (int64_t gi = 0; gi < n_groups; ++gi) {
             const group_t g = groups[gi];
-#define FORWARD(D2) CAT(forward_group, SUFFIX)(g, D2, i, K, counts[i], senders, Y, S, R, rows, W, x, D, q)
+#define FORWARD(D2) CAT(forward_group, SUFFIX)(g, D2, i, K, counts[i], senders, Y, S, R, rows, W, x, N, q)
             switch (g.d2) {
                 case 1: FORWARD(1); break;
                 case 3: FORWARD(3); break;
@@ -392,13 +429,13 @@ void CAT(message_sums, SUFFIX)(
             }
 #undef FORWARD
         }
-        CAT(couple, SUFFIX)(groups, paths, n_paths, coef, q, out + i * OD);
+        CAT(couple, SUFFIX)(groups, paths, n_paths, coef, q, out, N, r0 + i);
     }
 }
 
-/* Given grad_out = dL/dout (n, OD), for receivers 0 .. n-1: dL/dY (n*K, S), overwritten (zero for
- * empty slots), dL/dR in grad_R, and dL/dx added to the senders' rows of grad_x (threads, N, D), an
- * array for each thread; work: threads * QD scratch.
+/* Given grad_out = dL/dout (laid out as out), for receivers r0 .. r0+n-1: dL/dY (n*K, S),
+ * overwritten (zero for empty slots), dL/dR in grad_R, and dL/dx added to the senders' rows of
+ * grad_x (threads, N*D: an array laid out as x for each thread); work: threads * QD scratch.
  * With phases NULL, grad_R has one row per slot (W wide), overwritten (zero for empty slots).
  * Otherwise slot e's dL/dR goes to row grad_rows[e] of grad_R (the row of its pair of reverse
  * edges), and only the slots with phases[e] == phase are visited: phase 1 (one slot of each
@@ -409,9 +446,11 @@ void CAT(message_sums_backward, SUFFIX)(
     int64_t n, int threads, int64_t K, const int64_t *counts, const int64_t *senders,
     const T *Y, int64_t S, const T *R, const int64_t *rows, int64_t W, const T *x, int64_t N, int64_t D,
     const group_t *groups, int64_t n_groups, int64_t QD, const path_t *paths, int64_t n_paths, const T *coef,
-    const T *grad_out, int64_t OD, T *work, T *grad_Y, T *grad_R, const int64_t *grad_rows,
+    const T *grad_out, int64_t r0, T *work, T *grad_Y, T *grad_R, const int64_t *grad_rows,
     const int8_t *phases, int phase, T *grad_x, int64_t *shares)
 {
+    rows_t blocks[MAX_INPUT_BLOCKS];
+    const int n_blocks = input_blocks(groups, n_groups, N, blocks);
     /* the groups' columns of R are disjoint; when they cover all W, a pair's row needs no zeros */
     int64_t covered = 0;
     for (int64_t gi = 0; gi < n_groups; ++gi) covered += (int64_t)groups[gi].paths * groups[gi].mul;
@@ -423,7 +462,7 @@ void CAT(message_sums_backward, SUFFIX)(
              i < end; ++i) {
             T *grad_x_thread = grad_x + (int64_t)THREAD * N * D;
             T *G = work + (int64_t)THREAD * QD;
-            CAT(couple_transposed, SUFFIX)(groups, paths, n_paths, coef, grad_out + i * OD, G);
+            CAT(couple_transposed, SUFFIX)(groups, paths, n_paths, coef, grad_out, N, r0 + i, G);
             if (!phases || phase == 1) memset(grad_Y + i * K * S, 0, sizeof(T) * K * S);
             /* columns of R of no group, and empty slots, get zero */
             if (!phases) memset(grad_R + i * K * W, 0, sizeof(T) * K * W);
@@ -434,7 +473,9 @@ void CAT(message_sums_backward, SUFFIX)(
                 if (k < counts[i]) {
                     const int64_t next = i * K + k;
                     prefetch_rows(R + (rows ? rows[next] : next) * W, W * sizeof(T));
-                    prefetch_rows(x + senders[next] * D, D * sizeof(T));
+                    for (int b = 0; b < n_blocks; ++b)
+                        prefetch_rows(x + blocks[b].offset + senders[next] * blocks[b].width,
+                                      blocks[b].width * sizeof(T));
                     if (phases && phase == 2) /* (phase 1 writes around the caches) */
                         prefetch_rows_for_writing(grad_R + grad_rows[next] * W, W * sizeof(T));
                 }
@@ -444,8 +485,10 @@ void CAT(message_sums_backward, SUFFIX)(
                 const store_t store = !phases ? WRITE : phase == 1 ? AROUND : ADD;
                 for (int64_t gi = 0; gi < n_groups; ++gi) {
                     const group_t g = groups[gi];
+                    /* the sender's row of the group's input block */
+                    const int64_t x_row = N * g.x_off + senders[e] * g.d1 * g.mul;
 #define BACKWARD(D2, D1) CAT(backward_group, SUFFIX)(g, D2, D1, Y + e * S + g.y_off, R + (rows ? rows[e] : e) * W, \
-        x + senders[e] * D, G, grad_Y + e * S + g.y_off, gr, grad_x_thread + senders[e] * D, store)
+        x + x_row, G, grad_Y + e * S + g.y_off, gr, grad_x_thread + x_row, store)
 #define BACKWARD_D1(D2) switch (g.d1) { \
                         case 1: BACKWARD(D2, 1); break; \
                         case 3: BACKWARD(D2, 3); break; \

@@ -40,29 +40,32 @@ class Kernels:
         threads, and no more than there is work to share."""
         return max(1, min(self.threads(), n, work // 200_000))
 
-    def forward(self, counts, senders, sh, weights, rows, x, groups, paths, coefficients, out, scratch, work: int):
-        """``out (n, OD)`` ← the coupled message sums of a block (see ``message_sums.c``); ``sh (n, K, S)``,
-        ``weights (·, W)`` with ``rows (n*K,)`` the row of each slot (``None``: ``weights`` has
-        ``n*K`` rows), ``x (N, D)``, ``counts (n,)`` and ``senders (n*K,)`` int64, ``groups (G, 8)``
-        and ``paths (P, 6)`` int32, the paths' ``coefficients``, ``scratch (threads(), QD)`` (``QD``
-        the width of a receiver's message sums); all contiguous CPU tensors, the float ones of one
-        dtype.
+    def forward(self, counts, senders, sh, weights, rows, x, atoms: int, groups, paths, coefficients, out, r0: int,
+                scratch, work: int):
+        """The output of atoms ``r0 .. r0+n-1`` in ``out`` ← the coupled message sums of a block of
+        receivers (see ``message_sums.c``); ``sh (n, K, S)``, ``weights (·, W)`` with ``rows (n*K,)``
+        the row of each slot (``None``: ``weights`` has ``n*K`` rows), ``x`` and ``out`` the input
+        and output features of all ``atoms``, block after block (:mod:`.layout`), ``counts (n,)``
+        and ``senders (n*K,)`` int64, ``groups (G, 8)`` and ``paths (P, 7)`` int32, the paths'
+        ``coefficients``, ``scratch (threads(), QD)`` (``QD`` the width of a receiver's message
+        sums); all contiguous CPU tensors, the float ones of one dtype.
         ``work``: the multiply-adds of the call, which set how many threads are worth starting."""
         n, k, s = sh.shape
         assert scratch.shape[0] == self.threads()
         self._functions[x.dtype][0](
             _i64(n), ctypes.c_int(self._threads(n, work)), _i64(k), _ptr(counts), _ptr(senders), _ptr(sh), _i64(s),
-            _ptr(weights), _ptr(rows), _i64(weights.shape[1]), _ptr(x), _i64(x.shape[1]), _ptr(groups),
+            _ptr(weights), _ptr(rows), _i64(weights.shape[1]), _ptr(x), _i64(atoms), _ptr(groups),
             _i64(groups.shape[0]), _i64(scratch.shape[1]), _ptr(paths), _i64(paths.shape[0]), _ptr(coefficients),
-            _ptr(out), _i64(out.shape[1]), _ptr(scratch), _ptr(_shares(n)))
+            _ptr(out), _i64(r0), _ptr(scratch), _ptr(_shares(n)))
 
-    def backward(self, counts, senders, sh, weights, rows, x, groups, paths, coefficients, grad_out, scratch,
-                 grad_sh, grad_weights, grad_x, work: int, grad_rows=None, phases=None, phase: int = 0):
-        """The gradients of a block's coupled message sums, given ``grad_out (n, OD)``: with respect
-        to ``sh``, written into ``grad_sh (n, K, S)``; to the radial weights, written into
-        ``grad_weights``; and to ``x``, added into ``grad_x`` ``(T, N, D)``, one array for each
-        thread that may run (``T`` = :meth:`threads`), to be summed by the caller. ``scratch``: as
-        for :meth:`forward`.
+    def backward(self, counts, senders, sh, weights, rows, x, atoms: int, groups, paths, coefficients, grad_out,
+                 r0: int, scratch, grad_sh, grad_weights, grad_x, work: int, grad_rows=None, phases=None,
+                 phase: int = 0):
+        """The gradients of a block's coupled message sums, given the gradient ``grad_out`` of the
+        output (laid out as ``out``): with respect to ``sh``, written into ``grad_sh (n, K, S)``; to
+        the radial weights, written into ``grad_weights``; and to ``x``, added into ``grad_x``
+        ``(T, atoms * D)``, one array laid out as ``x`` for each thread that may run (``T`` =
+        :meth:`threads`), to be summed by the caller. ``scratch``: as for :meth:`forward`.
 
         Without ``phases``, ``grad_weights`` ``(n*K, W)`` gets one row per slot. With ``phases``
         ``(n*K,)`` int8 (1 or 2 for the two slots of a pair of reverse edges, 0 for an empty slot)
@@ -76,9 +79,9 @@ class Kernels:
         assert (phases is None) == (grad_rows is None) and (phases is None or phase in (1, 2))
         self._functions[x.dtype][1](
             _i64(n), ctypes.c_int(threads), _i64(k), _ptr(counts), _ptr(senders), _ptr(sh), _i64(s), _ptr(weights),
-            _ptr(rows), _i64(weights.shape[1]), _ptr(x), _i64(x.shape[0]), _i64(x.shape[1]), _ptr(groups),
-            _i64(groups.shape[0]), _i64(scratch.shape[1]), _ptr(paths), _i64(paths.shape[0]), _ptr(coefficients),
-            _ptr(grad_out), _i64(grad_out.shape[1]), _ptr(scratch), _ptr(grad_sh),
+            _ptr(rows), _i64(weights.shape[1]), _ptr(x), _i64(atoms), _i64(grad_x.shape[1] // max(atoms, 1)),
+            _ptr(groups), _i64(groups.shape[0]), _i64(scratch.shape[1]), _ptr(paths), _i64(paths.shape[0]),
+            _ptr(coefficients), _ptr(grad_out), _i64(r0), _ptr(scratch), _ptr(grad_sh),
             _ptr(grad_weights), _ptr(grad_rows), _ptr(phases), ctypes.c_int(phase), _ptr(grad_x), _ptr(_shares(n)))
 
     @staticmethod

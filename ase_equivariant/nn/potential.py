@@ -75,10 +75,11 @@ class EquivariantPotential(nn.Module):
     invariant under rotations, translations and permutations; forces and stresses follow by
     differentiation (done by the calculator).
 
-    Node features are stored channel-last, each block ``(mul, l)`` as ``[2l+1, mul]`` (e3nn and
-    :mod:`ase_equivariant.o3` use ``[mul, 2l+1]``): channels are contiguous for the matrix products
-    of the linear layers and for the compiled convolution kernels. The first features and the
-    readout are scalars, where both layouts agree, so the layout never shows outside.
+    Node features are one flat array, block after block, each block ``(mul, l)`` an
+    ``(N, 2l+1, mul)`` array (:mod:`.layout`; e3nn and :mod:`ase_equivariant.o3` store an atom's
+    block as ``[mul, 2l+1]``): channels are contiguous for the matrix products of the linear
+    layers and for the compiled convolution kernels. The first features and the readout are
+    scalars, where the layouts agree, so the layout never shows outside.
     """
 
     def __init__(self, config: PotentialConfig):
@@ -185,8 +186,9 @@ class EquivariantPotential(nn.Module):
         blocks = edge_blocks(edge_index, len(types), self.edge_block, pair, first)
         edges = EdgeInputs(blocks, [sh.index_select(0, block.edges).view(block.n, block.slots, sh.shape[1])
                                     for block in blocks], radial_embedding)
-        x = self.species_embedding[types] * len(self.config.species) ** -0.5
+        # scalars: the (N, dim) matrix is already the network's layout, flattened
+        x = (self.species_embedding[types] * len(self.config.species) ** -0.5).reshape(-1)
         for block in self.blocks:
             x = block(x, edges)
-        energy = self.readout_energy(self.readout_hidden(x)).squeeze(-1)
+        energy = self.readout_energy(self.readout_hidden(x))  # (N * 1,)
         return energy * self.energy_scale[types] + self.energy_shift[types]
