@@ -23,14 +23,13 @@ import ctypes
 import functools
 import math
 import numbers
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import compiled
-from .scratch import scratch
+from .scratch import huge_page_empty, scratch
 
 __all__ = ["cell_list", "edge_vectors", "NeighborList", "neighbor_list"]
 
@@ -55,32 +54,10 @@ _SOURCE = Path(__file__).with_name("cell_list.c")
 # Lower bound of |det| of the unit periodic cell vectors (the sine of the angle for two vectors).
 _MIN_NORMALISED_VOLUME = 1e-8
 
-_HUGE_PAGE = 1 << 21
-_MADV_HUGEPAGE = 14
-try:
-    _madvise = ctypes.CDLL(None).madvise if sys.platform.startswith("linux") else None
-except (OSError, AttributeError):  # pragma: no cover - libc without madvise
-    _madvise = None
-
-
 def _fresh_int64(*shape, device):
-    """A new, uninitialised int64 tensor for the edge arrays, which are fresh memory each call.
-
-    Touching fresh memory page by page costs more than filling it several times over on a VM
-    (a page fault per 4 KiB), so on Linux CPU a tensor of at least one 2 MiB page is placed on a
-    2 MiB boundary, in whole 2 MiB pages (up to 4 MiB more than asked for) that are advised onto
-    transparent huge pages. Where THP is off or the call fails nothing changes.
-    """
-    numel = math.prod(shape)
-    if _madvise is None or torch.device(device).type != "cpu" or 8 * numel < _HUGE_PAGE:
-        return torch.empty(shape, dtype=torch.int64, device=device)
-    page = _HUGE_PAGE // 8
-    padded = -(-numel // page) * page
-    raw = torch.empty(padded + page, dtype=torch.int64)
-    offset = (-raw.data_ptr() % _HUGE_PAGE) // 8
-    aligned = raw[offset:offset + padded]
-    _madvise(ctypes.c_void_p(aligned.data_ptr()), ctypes.c_size_t(aligned.nbytes), ctypes.c_int(_MADV_HUGEPAGE))
-    return aligned[:numel].view(shape)
+    """A new, uninitialised int64 tensor for the edge arrays, which are fresh memory each call:
+    on huge pages where it is large enough (see :func:`~.scratch.huge_page_empty`)."""
+    return huge_page_empty(math.prod(shape), torch.int64, device).view(shape)
 
 
 def _check_cutoff(cutoff, name="cutoff"):
