@@ -120,9 +120,14 @@ def test_second_derivatives_are_refused_with_a_clear_error():
         forces.sum().backward()
 
 
-def test_weight_gradients_match_finite_differences():
+@pytest.mark.parametrize("kept", [True, False])
+def test_weight_gradients_match_finite_differences(kept, monkeypatch):
     """The hand-written backward pass returns the gradients of the radial MLP's (and every other)
-    weight, for training on energies: checked along a random direction, in float64."""
+    weight, for training on energies, with the radial weights kept from the forward pass and
+    formed again: checked along a random direction, in float64."""
+    from ase_equivariant.nn import convolution
+    if not kept:
+        monkeypatch.setattr(convolution, "KEPT_WEIGHTS_BYTES", 0)
     model = random_model(species=(8, 13, 29), channels=8, num_blocks=2, parity=True, seed=5)
     model.edge_block = 7  # several blocks per convolution
     atoms = crystal()

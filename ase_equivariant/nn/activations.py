@@ -16,6 +16,23 @@ ACTIVATIONS = {
 }
 
 
+def _tanh_derivative(grad, x, out):
+    return torch.ops.aten.tanh_backward.grad_input(grad, torch.tanh(x), grad_input=out)
+
+
+def _sigmoid_derivative(grad, x, out):
+    return torch.ops.aten.sigmoid_backward.grad_input(grad, torch.sigmoid(x), grad_input=out)
+
+
+#: per activation, ``(grad, x, out) → grad * f'(x)`` written into ``out``
+DERIVATIVES = {
+    "silu": lambda grad, x, out: torch.ops.aten.silu_backward.grad_input(grad, x, grad_input=out),
+    "tanh": _tanh_derivative,
+    "sigmoid": _sigmoid_derivative,
+    "abs": lambda grad, x, out: torch.mul(grad, torch.sign(x), out=out),
+}
+
+
 def activation(name: str):
     """The function called ``name`` (one of :data:`ACTIVATIONS`)."""
     try:
@@ -40,6 +57,14 @@ class ScaledActivation(nn.Module):
         self.name = name
         self.f = activation(name)
         self.scale = scale
+
+    def f_into(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``f(x)`` (without the scale) written into ``out``, of ``x``'s shape."""
+        return getattr(torch.ops.aten, self.name).out(x, out=out)
+
+    def derivative_into(self, grad: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``grad * f'(x)`` (``f`` without the scale) written into ``out``, of ``x``'s shape."""
+        return DERIVATIVES[self.name](grad, x, out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.f(x) * self.scale if self.scale != 1.0 else self.f(x)

@@ -1,7 +1,7 @@
 """Channel-wise ('uvu') tensor-product convolution over the edges of an atomic graph."""
 import functools
 import math
-from typing import List, NamedTuple
+from typing import Dict, List, NamedTuple
 
 import torch
 from torch import nn
@@ -17,13 +17,13 @@ from .mlp import RadialMLP
 
 #: radial weights of one convolution call up to this size (one row per pair of reverse edges)
 #: are formed once and kept for the backward pass (SevenNet-0, float32: up to ~12,000 atoms of
-#: fcc Cu, ~0.4 MB per atom over its five layers), with the radial MLP's graph (its hidden
-#: activations, ~20 % more: not formed again in the backward pass); larger ones are formed per
-#: block of edges, one row per edge, in both passes (1.2x slower at 864 atoms), so that memory
-#: does not grow with the number of edges times the layers. On the CPU, kept weights stay with
-#: their convolution after the backward pass for the next call to write into
-#: (:func:`_pair_weights`): touching fresh memory costs page faults (the matrix product into new
-#: memory took twice as long at 864 atoms)
+#: fcc Cu, ~0.4 MB per atom over its five layers), with the radial MLP's pre-activations (~15 %
+#: more: the MLP is not formed again in the backward pass); larger ones are formed per block of
+#: edges, one row per edge, in both passes (1.2x slower at 864 atoms), so that memory does not
+#: grow with the number of edges times the layers. On the CPU, kept arrays stay with their
+#: convolution after the backward pass for the next call to write into (:func:`_spare`):
+#: touching fresh memory costs page faults (the matrix product into new memory took twice as
+#: long at 864 atoms)
 KEPT_WEIGHTS_BYTES = 2**30
 
 
@@ -126,12 +126,11 @@ class _MessageSums(torch.autograd.Function):
         atoms = layout.num_atoms(x, conv.irreps_in)
         output_matrix = conv.radial.output_matrix(conv._weight_columns, 1 / conv.denominator)
         keep = embedding.shape[0] * output_matrix.shape[1] * x.element_size() <= KEPT_WEIGHTS_BYTES
-        # with the radial weights kept, the MLP's graph is kept too, for the backward pass
-        embedding = embedding.detach().requires_grad_(keep and ctx.needs_input_grad[3])
-        with torch.set_grad_enabled(keep):
-            hidden = conv.radial.hidden(embedding)
-        pair_weights = _pair_weights(conv, hidden.detach(), output_matrix) if keep else None
         work = functools.partial(_work, x)
+        # with the radial weights kept, the MLP's pre-activations are kept too, for the backward pass
+        pre = _pre_activations(conv, embedding, work, spare=keep)
+        hidden = conv.radial.hidden(embedding, pre, work)
+        pair_weights = _pair_weights(conv, hidden, output_matrix) if keep else None
         compiled = conv._compiled_kernels(x)
         if compiled is not None:
             out = x.new_empty(atoms * conv.irreps_out.dim)  # every block overwrites its rows
@@ -161,8 +160,8 @@ class _MessageSums(torch.autograd.Function):
         if compiled is None:
             out = layout.from_atom_rows(out_rows, conv.irreps_out)
         ctx.conv, ctx.blocks, ctx.pair_weights = conv, blocks, pair_weights
-        ctx.radial_graph = (embedding, hidden) if hidden.requires_grad else None
-        ctx.save_for_backward(x, embedding.detach(), *sh_tables)
+        ctx.pre = pre if keep else None
+        ctx.save_for_backward(x, embedding, *sh_tables)
         return out
 
     @staticmethod
@@ -174,16 +173,18 @@ class _MessageSums(torch.autograd.Function):
         atoms = layout.num_atoms(x, conv.irreps_in)
         need_embedding = ctx.needs_input_grad[3]
         need_weights = ctx.needs_input_grad[4 + len(blocks):]
-        hidden_weights = [w for w, need in zip(list(conv.radial.weights)[:-1], need_weights) if need]
+        work = functools.partial(_work, x)
         with torch.set_grad_enabled(need_weights[-1]):
             output_matrix = conv.radial.output_matrix(conv._weight_columns, 1 / conv.denominator)
-        if ctx.radial_graph is not None:  # kept by the forward pass, used once
-            (embedding, hidden), ctx.radial_graph = ctx.radial_graph, None
-        else:
-            embedding = embedding.detach().requires_grad_(need_embedding)
-            with torch.set_grad_enabled(need_embedding or bool(hidden_weights)):
-                hidden = conv.radial.hidden(embedding)
-        output_matrix_d, hidden_d = output_matrix.detach(), hidden.detach()
+        hidden_shape = (embedding.shape[0], conv.radial.sizes[-2])
+        pre, kept = ctx.pre, ctx.pre is not None  # kept by the forward pass, used once; else formed again
+        ctx.pre = None
+        if not kept:
+            pre = _pre_activations(conv, embedding, work, spare=False)
+            hidden = conv.radial.hidden(embedding, pre, work)
+        else:  # the activations: only for the output matrix's gradient (training)
+            hidden = (conv.radial.act.f(pre[-1]) if pre else embedding) if need_weights[-1] else None
+        output_matrix_d = output_matrix.detach()
         grad_output_matrix = torch.zeros_like(output_matrix) if need_weights[-1] else None
         compiled = conv._compiled_kernels(x)
         if compiled is not None:  # the compiled kernels add the gradient of x into an array per thread
@@ -192,16 +193,15 @@ class _MessageSums(torch.autograd.Function):
             x_rows, grad_x = layout.atom_rows(x, conv.irreps_in, atoms), x.new_zeros(atoms, conv.irreps_in.dim)
             grad_out_rows = layout.atom_rows(grad_out, conv.irreps_out, atoms)
         grad_sh = [torch.empty_like(t) for t in sh_tables]
-        work = functools.partial(_work, x)
         if compiled is not None and pair_weights is not None:
             # the kernels sum the two slots of each pair into the pair's row: one product per pair
             grad_pairs = _pair_weight_gradients(conv, compiled, blocks, sh_tables, x, atoms, grad_out, pair_weights,
                                                 grad_sh, grad_x, work)
-            grad_hidden = grad_pairs @ output_matrix_d.t()
+            grad_hidden = torch.mm(grad_pairs, output_matrix_d.t(), out=work("grad_hidden", *hidden_shape))
             if grad_output_matrix is not None:
-                grad_output_matrix.addmm_(hidden_d.t(), grad_pairs)
+                grad_output_matrix.addmm_(hidden.t(), grad_pairs)
         else:
-            grad_hidden = torch.zeros_like(hidden_d)  # blocks add their slots' pairs to it
+            grad_hidden = work("grad_hidden", *hidden_shape).zero_()  # blocks add their slots' pairs to it
             for block, sh_block, grad_sh_block in zip(blocks, sh_tables, grad_sh):
                 if block.slots == 0:
                     grad_sh_block.zero_()
@@ -209,14 +209,14 @@ class _MessageSums(torch.autograd.Function):
                 n, k = block.n, block.slots
                 grad_weights = work("grad_weights", n * k, output_matrix.shape[1])  # every column is written
                 if compiled is not None:
-                    weights, rows = _slot_weights(block, hidden_d, output_matrix_d, None, work, gather=False)
+                    weights, rows = _slot_weights(block, hidden, output_matrix_d, None, work, gather=False)
                     scratch = work("grad_sums", compiled.threads(), conv._sums_width)
                     compiled.backward(block.counts, block.senders, sh_block, weights, rows, x, atoms,
                                       conv._group_table, conv._path_table, conv._path_coefficients, grad_out,
                                       block.r0, scratch, grad_sh_block, grad_weights, grad_x,
                                       work=3 * n * k * conv._sums_width)
                 else:
-                    weights, _ = _slot_weights(block, hidden_d, output_matrix_d, pair_weights, work, gather=True)
+                    weights, _ = _slot_weights(block, hidden, output_matrix_d, pair_weights, work, gather=True)
                     gx_block = work("grad_x", n, k, conv.irreps_in.dim)
                     grad_sums = conv._couple_transposed(grad_out_rows[block.r0:block.r0 + n])
                     _message_sums_backward(conv, block, sh_block, weights.view(n, k, -1), x_rows, grad_sums,
@@ -225,20 +225,21 @@ class _MessageSums(torch.autograd.Function):
                 # through R = hidden @ output_matrix, to the pairs (empty slots add zero to pair 0)
                 grad_hidden.index_add_(0, block.pairs, grad_weights @ output_matrix_d.t())
                 if grad_output_matrix is not None:
-                    grad_output_matrix.addmm_(hidden_d.index_select(0, block.pairs).t(), grad_weights)
+                    grad_output_matrix.addmm_(hidden.index_select(0, block.pairs).t(), grad_weights)
         grad_x = grad_x.sum(0) if compiled is not None else layout.from_atom_rows(grad_x, conv.irreps_in)
         if pair_weights is not None:
             # a second backward pass (retain_graph) forms the weights again, block by block
             ctx.pair_weights = None
-            _give_back(conv, pair_weights)
-        wanted = ([embedding] if need_embedding else []) + hidden_weights
-        grads = list(torch.autograd.grad(hidden, wanted, grad_hidden)) if wanted else []
-        grad_embedding = grads.pop(0) if need_embedding else None
-        grads = iter(grads)
-        grad_mlp = [next(grads) if need else None for need in need_weights[:-1]]
+            _give_back(conv, "pair_weights", pair_weights)
+        grad_embedding, grad_mlp = None, [None] * (len(need_weights) - 1)
+        if need_embedding or any(need_weights[:-1]):
+            grad_embedding, grad_mlp = conv.radial.hidden_backward(grad_hidden, embedding, pre, need_weights[:-1], work)
+        if kept:  # the next call writes into them
+            for k, p in enumerate(pre):
+                _give_back(conv, f"pre{k}", p)
         grad_mlp.append(None if grad_output_matrix is None else
                         torch.autograd.grad(output_matrix, conv.radial.weights[-1], grad_output_matrix)[0])
-        return None, None, grad_x, grad_embedding, *grad_sh, *grad_mlp
+        return None, None, grad_x, grad_embedding if need_embedding else None, *grad_sh, *grad_mlp
 
 
 def _pair_weight_gradients(conv: "TensorProductConv", compiled, blocks: List[EdgeBlock], sh_tables, x, atoms: int,
@@ -267,25 +268,44 @@ def _pair_weight_gradients(conv: "TensorProductConv", compiled, blocks: List[Edg
 
 def _pair_weights(conv: "TensorProductConv", hidden, output_matrix):
     """``hidden @ output_matrix``, the ``(P, W)`` radial weights of the pairs, written into the
-    spare array that the previous call of ``conv`` gave back (see :data:`KEPT_WEIGHTS_BYTES`) if
-    it has one of the same dtype and device large enough, else into a new one on huge pages
-    (:func:`~ase_equivariant.scratch.huge_page_empty`: the kernels read its rows in random order,
-    and at 10,976 atoms of Cu, ~0.9 GB per layer, a call took 15-20 % longer on 4 KiB pages)."""
+    spare array that the previous call of ``conv`` gave back (see :func:`_spare`)."""
+    shape = (hidden.shape[0], output_matrix.shape[1])
+    return torch.mm(hidden, output_matrix, out=_spare(conv, "pair_weights", shape, hidden))
+
+
+def _pre_activations(conv: "TensorProductConv", embedding, work, spare: bool) -> List[torch.Tensor]:
+    """Arrays for the pre-activations of the radial MLP's hidden layers on the ``(P, B)`` pairs'
+    ``embedding``, ``(P, width)`` each: ``conv``'s spare arrays (:func:`_spare`) if ``spare``
+    (kept for the backward pass), else scratch space."""
+    shapes = [(embedding.shape[0], width) for width in conv.radial.sizes[1:-1]]
+    if spare:
+        return [_spare(conv, f"pre{k}", shape, embedding) for k, shape in enumerate(shapes)]
+    return [work(f"radial.pre{k}", *shape) for k, shape in enumerate(shapes)]
+
+
+def _spare(conv: "TensorProductConv", name: str, shape, like) -> torch.Tensor:
+    """An uninitialised ``shape`` array of ``like``'s dtype and device, for an array that a call
+    keeps from its forward to its backward pass (see :data:`KEPT_WEIGHTS_BYTES`): the spare
+    ``name`` that the previous call of ``conv`` gave back (:func:`_give_back`) if it has one
+    large enough, else a new one on huge pages (:func:`~ase_equivariant.scratch.huge_page_empty`:
+    the kernels read the radial weights' rows in random order, and at 10,976 atoms of Cu, ~0.9 GB
+    per layer, a call took 15-20 % longer on 4 KiB pages)."""
+    spares = conv._spares.setdefault(name, [])
     try:
-        spare = conv._spare_weights.pop()  # atomic: a spare goes to one call only
+        spare = spares.pop()  # atomic: a spare goes to one call only
     except IndexError:
         spare = None
-    shape = (hidden.shape[0], output_matrix.shape[1])
-    if spare is None or spare.numel() < math.prod(shape) or (spare.dtype, spare.device) != (hidden.dtype,
-                                                                                         hidden.device):
-        spare = huge_page_empty(math.prod(shape), hidden.dtype, hidden.device)
-    return torch.mm(hidden, output_matrix, out=spare[:math.prod(shape)].view(shape))
+    numel = math.prod(shape)
+    if spare is None or spare.numel() < numel or (spare.dtype, spare.device) != (like.dtype, like.device):
+        spare = huge_page_empty(numel, like.dtype, like.device)
+    return spare[:numel].view(shape)
 
 
-def _give_back(conv: "TensorProductConv", pair_weights):
-    """Keep ``pair_weights``, which nothing uses any more, as ``conv``'s spare array."""
-    if pair_weights.device.type == "cpu" and not conv._spare_weights:
-        conv._spare_weights.append(pair_weights.view(-1))
+def _give_back(conv: "TensorProductConv", name: str, array):
+    """Keep ``array``, which nothing uses any more, as ``conv``'s spare ``name``."""
+    spares = conv._spares.setdefault(name, [])
+    if array.device.type == "cpu" and not spares:
+        spares.append(array.view(-1))
 
 
 def _slot_weights(block: EdgeBlock, hidden, output_matrix, pair_weights, work, gather: bool):
@@ -475,9 +495,10 @@ class TensorProductConv(nn.Module):
                              dtype=torch.float64), persistent=False)
         #: whether CPU calls use the compiled kernels (:mod:`.native`) when they can be built
         self.use_compiled = True
-        #: the radial weights kept by the last call (CPU), for the next call to write into (see
-        #: :func:`_pair_weights`); a list so that taking them is one atomic ``pop``
-        self._spare_weights: List[torch.Tensor] = []
+        #: the arrays kept by the last call from its forward to its backward pass (CPU: the radial
+        #: weights and the MLP's pre-activations), by name, for the next call to write into (see
+        #: :func:`_spare`); lists so that taking one is an atomic ``pop``
+        self._spares: Dict[str, List[torch.Tensor]] = {}
         out_columns = torch.tensor(out_columns, dtype=torch.long)
         self.register_buffer("_out_columns", out_columns, persistent=False)
         # the inverse permutation: the coupled layout's columns in irreps_out order

@@ -1,5 +1,5 @@
 """The radial multilayer perceptron that turns an edge's radial embedding into tensor-product weights."""
-from typing import List
+from typing import List, Optional
 
 import torch
 from torch import nn
@@ -30,23 +30,59 @@ class RadialMLP(nn.Module):
         )
         self.act = act
 
-    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+    def _factors(self) -> List[float]:
+        """Each layer's factor: its normalisation ``1/sqrt(n_in)`` times the scale of the activation
+        before it (none before the first layer)."""
+        return [(self.act.scale if k else 1.0) * w.shape[0] ** -0.5 for k, w in enumerate(self.weights)]
+
+    def hidden_weights(self) -> List[torch.Tensor]:
+        """The hidden layers' matrices times their factors (kept while frozen, see
+        :func:`~.derived.derived`)."""
+        factors = self._factors()
+        return [derived(self, k, [w], lambda w=w, c=factors[k]: w * c)
+                for k, w in enumerate(list(self.weights)[:-1])]  # a slice of a ParameterList builds a new one
+
+    def hidden(self, x: torch.Tensor, pre: Optional[List[torch.Tensor]] = None, work=None) -> torch.Tensor:
         """``(E, sizes[0])`` → the activations of the last hidden layer ``(E, sizes[-2])``, without
         the activation's scale (it is folded into the next layer's weights: one pass less over
-        the activations, forward and backward)."""
-        scale = 1.0
-        for k, w in enumerate(list(self.weights)[:-1]):  # a slice of a ParameterList would build a new one
-            w = derived(self, k, [w], lambda w=w, scale=scale: w * (scale * w.shape[0] ** -0.5))
-            x = self.act.f(x @ w)
-            scale = self.act.scale
+        the activations, forward and backward).
+
+        With ``pre`` (one ``(E, sizes[k + 1])`` array per hidden layer) and ``work`` (scratch
+        space, ``work(name, *shape)``), no memory is allocated: each layer's pre-activations are
+        written into ``pre`` (for :meth:`hidden_backward`) and its activations into scratch space
+        (valid until the next request of ``"radial.*"``). Without, plain torch operations, which
+        autograd records when the weights require gradients."""
+        for k, w in enumerate(self.hidden_weights()):
+            if pre is None:
+                x = self.act.f(x @ w)
+            else:
+                a = torch.mm(x, w, out=pre[k])
+                x = self.act.f_into(a, work(f"radial.{k % 2}", *a.shape))
         return x
+
+    def hidden_backward(self, grad: torch.Tensor, x: torch.Tensor, pre: List[torch.Tensor], need_weights: List[bool],
+                        work):
+        """The gradients through :meth:`hidden`, given ``grad`` ``(E, sizes[-2])`` with respect to its
+        output, its input ``x`` and the pre-activations ``pre`` that it wrote: with respect to
+        ``x`` (a new ``(E, sizes[0])`` tensor), and to each hidden layer's weight parameter where
+        ``need_weights[k]`` (else ``None``). Intermediates live in ``work``'s scratch space."""
+        weights, factors = self.hidden_weights(), self._factors()
+        grad_weights = [None] * len(weights)
+        if not weights:
+            return grad.clone(), grad_weights
+        for k in reversed(range(len(weights))):
+            grad_pre = self.act.derivative_into(grad, pre[k], work("radial.grad_pre", *pre[k].shape))
+            if need_weights[k]:
+                inputs = x if k == 0 else self.act.f(pre[k - 1])
+                grad_weights[k] = (inputs.t() @ grad_pre) * factors[k]
+            grad = grad_pre @ weights[k].t() if k == 0 else \
+                torch.mm(grad_pre, weights[k].t(), out=work("radial.grad", grad_pre.shape[0], weights[k].shape[0]))
+        return grad, grad_weights
 
     def output_matrix(self, columns: torch.Tensor, factor: float = 1.0) -> torch.Tensor:
         """The last layer's output ``columns`` (int64 indices, in that order) as a
         ``(sizes[-2], len(columns))`` matrix to apply to :meth:`hidden`'s activations, normalisation
         and activation scale included, times ``factor``."""
         def compute():
-            w = self.weights[-1].index_select(1, columns)
-            scale = self.act.scale if len(self.weights) > 1 else 1.0
-            return w * (factor * scale * w.shape[0] ** -0.5)
+            return self.weights[-1].index_select(1, columns) * (factor * self._factors()[-1])
         return derived(self, ("output", factor), [self.weights[-1], columns], compute)
