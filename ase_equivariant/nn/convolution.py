@@ -188,7 +188,7 @@ class _MessageSums(torch.autograd.Function):
         grad_output_matrix = torch.zeros_like(output_matrix) if need_weights[-1] else None
         compiled = conv._compiled_kernels(x)
         if compiled is not None:  # the compiled kernels add the gradient of x into an array per thread
-            grad_x = x.new_zeros(compiled.threads(), x.numel())
+            grad_x = work("grad_x_threads", compiled.threads(), x.numel()).zero_()
         else:  # the torch path works on per-atom rows
             x_rows, grad_x = layout.atom_rows(x, conv.irreps_in, atoms), x.new_zeros(atoms, conv.irreps_in.dim)
             grad_out_rows = layout.atom_rows(grad_out, conv.irreps_out, atoms)
