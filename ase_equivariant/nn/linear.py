@@ -52,13 +52,8 @@ class _BlockProducts(torch.autograd.Function):
         n = num_atoms(x, layer.irreps_in)
         out = x.new_empty(n * layer.irreps_out.dim)
         for p in layer._products:
-            w = weights[p.block][p.row:p.row + p.mul]
-            if p.first:
-                torch.mm(p.rows_in(x, n), w, out=p.rows_out(out, n))
-            else:
-                p.rows_out(out, n).addmm_(p.rows_in(x, n), w)
-        for s in layer._sourceless:
-            out[n * s.start:n * s.stop] = 0
+            _product_into(p.rows_out(out, n), p.rows_in(x, n), weights[p.block][p.row:p.row + p.mul], p.first)
+        _zero_blocks(out, layer._sourceless, n)
         ctx.layer, ctx.n = layer, n
         ctx.save_for_backward(x if any(ctx.needs_input_grad[2:]) else None, *weights)
         return out
@@ -73,18 +68,28 @@ class _BlockProducts(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_x = grad_out.new_empty(n * layer.irreps_in.dim)
             for p in layer._products:
-                w = weights[p.block][p.row:p.row + p.mul].t()
-                if p.first_read:
-                    torch.mm(p.rows_out(grad_out, n), w, out=p.rows_in(grad_x, n))
-                else:
-                    p.rows_in(grad_x, n).addmm_(p.rows_out(grad_out, n), w)
-            for s in layer._unread:
-                grad_x[n * s.start:n * s.stop] = 0
+                _product_into(p.rows_in(grad_x, n), p.rows_out(grad_out, n),
+                              weights[p.block][p.row:p.row + p.mul].t(), p.first_read)
+            _zero_blocks(grad_x, layer._unread, n)
         grad_weights = [torch.zeros_like(w) if need else None for w, need in zip(weights, ctx.needs_input_grad[2:])]
         for p in layer._products:
             if grad_weights[p.block] is not None:
                 grad_weights[p.block][p.row:p.row + p.mul].addmm_(p.rows_in(x, n).t(), p.rows_out(grad_out, n))
         return None, grad_x, *grad_weights
+
+
+def _product_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, overwrite: bool):
+    """``out = a @ b`` if ``overwrite``, else ``out += a @ b``."""
+    if overwrite:
+        torch.mm(a, b, out=out)
+    else:
+        out.addmm_(a, b)
+
+
+def _zero_blocks(features: torch.Tensor, blocks: List[slice], n: int):
+    """Zero the ``blocks`` (slices of an atom's irreps) of the features of ``n`` atoms."""
+    for s in blocks:
+        features[n * s.start:n * s.stop] = 0
 
 
 class EquivariantLinear(nn.Module):
