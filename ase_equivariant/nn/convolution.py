@@ -106,8 +106,9 @@ class _MessageSums(torch.autograd.Function):
     of both are compiled kernels (:mod:`.native`; the sums of one receiver at a time, in a
     buffer of the thread), elsewhere torch operations on the weighted inputs ``z = R x``, block
     by block of receivers. The backward pass (first derivatives only) differentiates the
-    radial MLP itself; the radial weights and the MLP's graph are kept from the forward pass up
-    to :data:`KEPT_WEIGHTS_BYTES`, and formed again (block by block) above it. With kept weights
+    radial MLP itself (:meth:`.RadialMLP.hidden_backward`); the radial weights and the MLP's
+    pre-activations are kept from the forward pass up to :data:`KEPT_WEIGHTS_BYTES`, and formed
+    again (the weights block by block) above it. With kept weights
     the compiled kernels add the gradients of a pair's two edges into one row, so the product back
     through the MLP's output matrix runs once per pair, as the forward one does.
 
