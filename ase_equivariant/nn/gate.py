@@ -7,7 +7,6 @@ from torch import nn
 from ..o3 import Irreps
 from . import layout
 from .activations import ScaledActivation
-from .layout import num_atoms
 
 
 class Gate(nn.Module):
@@ -69,7 +68,7 @@ class Gate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N * irreps_in.dim,)`` → ``(N * irreps_out.dim,)``, block after block (:mod:`.layout`)."""
-        n = num_atoms(x, self.irreps_in)
+        n = layout.num_atoms(x, self.irreps_in)
         parts = layout.blocks(x, self.irreps_in, n)
 
         def part(where):
@@ -86,4 +85,3 @@ class Gate(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.irreps_in} -> {self.irreps_out}"
-

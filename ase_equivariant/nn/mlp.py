@@ -1,5 +1,5 @@
 """The radial multilayer perceptron that turns an edge's radial embedding into tensor-product weights."""
-from typing import List, Optional
+from typing import List
 
 import torch
 from torch import nn
@@ -42,22 +42,17 @@ class RadialMLP(nn.Module):
         return [derived(self, k, [w], lambda w=w, c=factors[k]: w * c)
                 for k, w in enumerate(list(self.weights)[:-1])]  # a slice of a ParameterList builds a new one
 
-    def hidden(self, x: torch.Tensor, pre: Optional[List[torch.Tensor]] = None, work=None) -> torch.Tensor:
+    def hidden(self, x: torch.Tensor, pre: List[torch.Tensor], work) -> torch.Tensor:
         """``(E, sizes[0])`` → the activations of the last hidden layer ``(E, sizes[-2])``, without
         the activation's scale (it is folded into the next layer's weights: one pass less over
-        the activations, forward and backward).
-
-        With ``pre`` (one ``(E, sizes[k + 1])`` array per hidden layer) and ``work`` (scratch
-        space, ``work(name, *shape)``), no memory is allocated: each layer's pre-activations are
-        written into ``pre`` (for :meth:`hidden_backward`) and its activations into scratch space
-        (valid until the next request of ``"radial.*"``). Without, plain torch operations, which
-        autograd records when the weights require gradients."""
+        the activations, forward and backward). No memory is allocated: each layer's
+        pre-activations are written into ``pre`` (one ``(E, sizes[k + 1])`` array per hidden
+        layer, for :meth:`hidden_backward`) and its activations into ``work``'s scratch space
+        (``work(name, *shape)``; valid until the next request of ``"radial.*"``). Differentiated
+        by :meth:`hidden_backward`, not by autograd."""
         for k, w in enumerate(self.hidden_weights()):
-            if pre is None:
-                x = self.act.f(x @ w)
-            else:
-                a = torch.mm(x, w, out=pre[k])
-                x = self.act.f_into(a, work(f"radial.{k % 2}", *a.shape))
+            a = torch.mm(x, w, out=pre[k])
+            x = self.act.f_into(a, work(f"radial.{k % 2}", *a.shape))
         return x
 
     def hidden_backward(self, grad: torch.Tensor, x: torch.Tensor, pre: List[torch.Tensor], need_weights: List[bool],
