@@ -185,3 +185,34 @@ def test_graphs_alive_at_once_and_retained_graphs_give_the_same_forces():
     again = torch.autograd.grad(second[0], second[1])[0]  # weights formed again, block by block
     for got, reference in ((got_first, want[0]), (got_second, want[1]), (again, want[1]), (forces(2), want[1])):
         torch.testing.assert_close(got, reference, rtol=0, atol=1e-12)
+
+
+def test_calls_with_no_backward_pass_keep_nothing_and_give_the_same_energies():
+    """Energy-only calls (no graph) and ``torch.no_grad`` form the radial weights once per pair in
+    scratch space: the arrays that a call with forces kept for its backward pass and then left
+    for the next call stay where they are, and the energies are those of a call with forces."""
+    from ase_equivariant.nn.convolution import TensorProductConv
+    model = random_model(species=(8, 13, 29), channels=8, num_blocks=2, seed=3)
+    atoms = crystal()
+    atoms.calc = EquivariantCalculator(model, skin=0.0)
+    convolutions = [m for m in model.modules() if isinstance(m, TensorProductConv)]
+    atoms.get_potential_energies()  # energy only, before any call with forces: nothing kept
+    assert all(not any(conv._spares.values()) for conv in convolutions)
+    atoms.rattle(0.01, seed=1)
+    atoms.get_forces()
+    spares = [{name: [a.data_ptr() for a in arrays] for name, arrays in conv._spares.items()}
+              for conv in convolutions]
+    assert all(any(kept.values()) for kept in spares)  # the pair weights and pre-activations
+    want = atoms.get_potential_energies()
+    positions = torch.tensor(atoms.positions)
+    cell = torch.tensor(atoms.cell.array)
+    edge_index, shifts = cell_list(positions, cell, torch.tensor(atoms.pbc), model.cutoff)
+    with torch.no_grad():
+        no_grad = model(positions, torch.tensor(atoms.numbers), edge_index, shifts, cell)
+    atoms.rattle(0.0)
+    atoms.calc.results.clear()
+    energy_only = atoms.get_potential_energies()
+    assert spares == [{name: [a.data_ptr() for a in arrays] for name, arrays in conv._spares.items()}
+                      for conv in convolutions]
+    np.testing.assert_allclose(energy_only, want, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(no_grad.numpy(), want, rtol=0, atol=1e-12)

@@ -23,7 +23,8 @@ from .mlp import RadialMLP
 #: grow with the number of edges times the layers. On the CPU, kept arrays stay with their
 #: convolution after the backward pass for the next call to write into (:func:`_spare`):
 #: touching fresh memory costs page faults (the matrix product into new memory took twice as
-#: long at 864 atoms)
+#: long at 864 atoms). Calls with no backward pass to follow (energy only) form the weights once
+#: per pair up to the same size, in scratch space, and keep nothing.
 KEPT_WEIGHTS_BYTES = 2**30
 
 
@@ -112,7 +113,8 @@ class _MessageSums(torch.autograd.Function):
     the compiled kernels add the gradients of a pair's two edges into one row, so the product back
     through the MLP's output matrix runs once per pair, as the forward one does.
 
-    Inputs: the convolution, its ``blocks``, node features ``x`` ``(N * irreps_in.dim,)`` (block
+    Inputs: the convolution, its ``blocks``, whether a backward pass may follow (grad mode on
+    and an input that requires grad; if not, nothing is kept for one), node features ``x`` ``(N * irreps_in.dim,)`` (block
     after block, :mod:`.layout`), the pairs' radial embedding ``(P, B)``, the blocks' spherical
     harmonics (see :class:`EdgeInputs`), then the radial MLP's weight matrices (inputs so that
     their gradients are returned when they require them).
@@ -121,17 +123,19 @@ class _MessageSums(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, conv: "TensorProductConv", blocks: List[EdgeBlock], x, embedding, *tensors):
+    def forward(ctx, conv: "TensorProductConv", blocks: List[EdgeBlock], backward: bool, x, embedding, *tensors):
         sh_tables = tensors[:len(blocks)]
         x = x.contiguous()
         atoms = layout.num_atoms(x, conv.irreps_in)
         output_matrix = conv.radial.output_matrix(conv._weight_columns, 1 / conv.denominator)
-        keep = embedding.shape[0] * output_matrix.shape[1] * x.element_size() <= KEPT_WEIGHTS_BYTES
+        per_pair = embedding.shape[0] * output_matrix.shape[1] * x.element_size() <= KEPT_WEIGHTS_BYTES
+        # kept for a backward pass: the radial weights and the MLP's pre-activations, in spare
+        # arrays; with no backward pass to follow (energy only), scratch space holds them
+        keep = per_pair and backward
         work = functools.partial(_work, x)
-        # with the radial weights kept, the MLP's pre-activations are kept too, for the backward pass
         pre = _pre_activations(conv, embedding, work, spare=keep)
         hidden = conv.radial.hidden(embedding, pre, work)
-        pair_weights = _pair_weights(conv, hidden, output_matrix) if keep else None
+        pair_weights = _pair_weights(conv, hidden, output_matrix, work, spare=keep) if per_pair else None
         compiled = conv._compiled_kernels(x)
         if compiled is not None:
             out = x.new_empty(atoms * conv.irreps_out.dim)  # every block overwrites its rows
@@ -160,8 +164,8 @@ class _MessageSums(torch.autograd.Function):
             out_rows[block.r0:block.r0 + block.n] = conv._couple(sums)
         if compiled is None:
             out = layout.from_atom_rows(out_rows, conv.irreps_out)
-        ctx.conv, ctx.blocks, ctx.pair_weights = conv, blocks, pair_weights
-        ctx.pre = pre if keep else None
+        ctx.conv, ctx.blocks = conv, blocks
+        ctx.pair_weights, ctx.pre = (pair_weights, pre) if keep else (None, None)
         ctx.save_for_backward(x, embedding, *sh_tables)
         return out
 
@@ -172,8 +176,8 @@ class _MessageSums(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         x, embedding, *sh_tables = ctx.saved_tensors
         atoms = layout.num_atoms(x, conv.irreps_in)
-        need_embedding = ctx.needs_input_grad[3]
-        need_weights = ctx.needs_input_grad[4 + len(blocks):]
+        need_embedding = ctx.needs_input_grad[4]
+        need_weights = ctx.needs_input_grad[5 + len(blocks):]
         work = functools.partial(_work, x)
         with torch.set_grad_enabled(need_weights[-1]):
             output_matrix = conv.radial.output_matrix(conv._weight_columns, 1 / conv.denominator)
@@ -240,7 +244,7 @@ class _MessageSums(torch.autograd.Function):
                 _give_back(conv, f"pre{k}", p)
         grad_mlp.append(None if grad_output_matrix is None else
                         torch.autograd.grad(output_matrix, conv.radial.weights[-1], grad_output_matrix)[0])
-        return None, None, grad_x, grad_embedding if need_embedding else None, *grad_sh, *grad_mlp
+        return None, None, None, grad_x, grad_embedding if need_embedding else None, *grad_sh, *grad_mlp
 
 
 def _pair_weight_gradients(conv: "TensorProductConv", compiled, blocks: List[EdgeBlock], sh_tables, x, atoms: int,
@@ -267,11 +271,13 @@ def _pair_weight_gradients(conv: "TensorProductConv", compiled, blocks: List[Edg
     return grad_pairs
 
 
-def _pair_weights(conv: "TensorProductConv", hidden, output_matrix):
+def _pair_weights(conv: "TensorProductConv", hidden, output_matrix, work, spare: bool):
     """``hidden @ output_matrix``, the ``(P, W)`` radial weights of the pairs, written into the
-    spare array that the previous call of ``conv`` gave back (see :func:`_spare`)."""
+    spare array that the previous call of ``conv`` gave back (:func:`_spare`) if ``spare`` (kept
+    for the backward pass), else into scratch space."""
     shape = (hidden.shape[0], output_matrix.shape[1])
-    return torch.mm(hidden, output_matrix, out=_spare(conv, "pair_weights", shape, hidden))
+    out = _spare(conv, "pair_weights", shape, hidden) if spare else work("pair_weights", *shape)
+    return torch.mm(hidden, output_matrix, out=out)
 
 
 def _pre_activations(conv: "TensorProductConv", embedding, work, spare: bool) -> List[torch.Tensor]:
@@ -509,7 +515,9 @@ class TensorProductConv(nn.Module):
         """Node features ``(N * irreps_in.dim,)`` and the edges of the call (blocks covering
         receivers ``0 .. N-1`` in order) → aggregated messages ``(N * irreps_out.dim,)``; both
         block after block (:mod:`.layout`)."""
-        return _MessageSums.apply(self, edges.blocks, x, edges.embedding, *edges.sh, *self.radial.weights)
+        inputs = (x, edges.embedding, *edges.sh, *self.radial.weights)
+        backward = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+        return _MessageSums.apply(self, edges.blocks, backward, *inputs)
 
     def _groups(self):
         """``(y_offset, d2, group)`` for every group of the plan, in order: the group's
