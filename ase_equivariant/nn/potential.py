@@ -13,6 +13,7 @@ from .edge_table import edge_blocks, edge_pairs
 from .gate import Gate
 from .interaction import InteractionBlock
 from .linear import EquivariantLinear
+from .locality import LOCALITY_ORDER_ATOMS, locality_order
 from .radial import BesselBasis, build_cutoff
 
 MAX_ATOMIC_NUMBER = 118
@@ -171,12 +172,19 @@ class EquivariantPotential(nn.Module):
             ``(N,)`` energies, of the dtype of the weights.
         """
         types = self.species_index(numbers)
-        if edge_index.shape[1] > 1 and bool((edge_index[0, 1:] < edge_index[0, :-1]).any()):
-            order = torch.argsort(edge_index[0], stable=True)  # receivers in order, for edge chunking
-            edge_index, shifts = edge_index[:, order], shifts[order]
-            vectors = vectors[order] if vectors is not None else None
         if vectors is None:
             vectors = edge_vectors(positions, cell, edge_index, shifts)
+        # large systems are computed with their atoms in an order that follows space (position k
+        # of the network holds atom atom_order[k]; atom i is at position rank[i])
+        rank = None
+        if len(types) >= LOCALITY_ORDER_ATOMS:
+            atom_order = locality_order(positions.detach())
+            rank = torch.empty_like(atom_order)
+            rank[atom_order] = torch.arange(len(atom_order), device=atom_order.device)
+            types, edge_index = types[atom_order], rank[edge_index]
+        if edge_index.shape[1] > 1 and bool((edge_index[0, 1:] < edge_index[0, :-1]).any()):
+            order = torch.argsort(edge_index[0], stable=True)  # receivers in order, for edge chunking
+            edge_index, shifts, vectors = edge_index[:, order], shifts[order], vectors[order]
         # one radial embedding per pair of reverse edges (their lengths are equal)
         pair, first = edge_pairs(edge_index, shifts)
         r = torch.linalg.vector_norm(vectors.index_select(0, first), dim=1)
@@ -191,4 +199,5 @@ class EquivariantPotential(nn.Module):
         for block in self.blocks:
             x = block(x, edges)
         energy = self.readout_energy(self.readout_hidden(x))  # (N * 1,)
-        return energy * self.energy_scale[types] + self.energy_shift[types]
+        energy = energy * self.energy_scale[types] + self.energy_shift[types]
+        return energy if rank is None else energy[rank]
