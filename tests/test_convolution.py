@@ -187,32 +187,35 @@ def test_graphs_alive_at_once_and_retained_graphs_give_the_same_forces():
         torch.testing.assert_close(got, reference, rtol=0, atol=1e-12)
 
 
-def test_calls_with_no_backward_pass_keep_nothing_and_give_the_same_energies():
-    """Energy-only calls (no graph) and ``torch.no_grad`` form the radial weights once per pair in
-    scratch space: the arrays that a call with forces kept for its backward pass and then left
-    for the next call stay where they are, and the energies are those of a call with forces."""
+def test_calls_with_no_backward_pass_give_their_arrays_back_and_the_same_energies():
+    """Energy-only calls (no graph) and ``torch.no_grad`` give the arrays that a call keeps for
+    its backward pass (radial weights, pre-activations) back at the end of the forward pass:
+    every later call, with or without forces, writes into the same memory; the energies are
+    those of a call with forces."""
     from ase_equivariant.nn.convolution import TensorProductConv
     model = random_model(species=(8, 13, 29), channels=8, num_blocks=2, seed=3)
     atoms = crystal()
     atoms.calc = EquivariantCalculator(model, skin=0.0)
     convolutions = [m for m in model.modules() if isinstance(m, TensorProductConv)]
-    atoms.get_potential_energies()  # energy only, before any call with forces: nothing kept
-    assert all(not any(conv._spares.values()) for conv in convolutions)
+
+    def spares():
+        return [{name: [a.data_ptr() for a in arrays] for name, arrays in conv._spares.items()}
+                for conv in convolutions]
+
+    atoms.get_potential_energies()  # energy only
+    first = spares()
+    assert all(kept["pair_weights"] and kept["pre0"] for kept in first)
     atoms.rattle(0.01, seed=1)
     atoms.get_forces()
-    spares = [{name: [a.data_ptr() for a in arrays] for name, arrays in conv._spares.items()}
-              for conv in convolutions]
-    assert all(any(kept.values()) for kept in spares)  # the pair weights and pre-activations
+    assert spares() == first
     want = atoms.get_potential_energies()
     positions = torch.tensor(atoms.positions)
     cell = torch.tensor(atoms.cell.array)
     edge_index, shifts = cell_list(positions, cell, torch.tensor(atoms.pbc), model.cutoff)
     with torch.no_grad():
         no_grad = model(positions, torch.tensor(atoms.numbers), edge_index, shifts, cell)
-    atoms.rattle(0.0)
     atoms.calc.results.clear()
     energy_only = atoms.get_potential_energies()
-    assert spares == [{name: [a.data_ptr() for a in arrays] for name, arrays in conv._spares.items()}
-                      for conv in convolutions]
+    assert spares() == first
     np.testing.assert_allclose(energy_only, want, rtol=0, atol=1e-12)
     np.testing.assert_allclose(no_grad.numpy(), want, rtol=0, atol=1e-12)

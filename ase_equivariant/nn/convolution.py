@@ -23,8 +23,8 @@ from .mlp import RadialMLP
 #: grow with the number of edges times the layers. On the CPU, kept arrays stay with their
 #: convolution after the backward pass for the next call to write into (:func:`_spare`):
 #: touching fresh memory costs page faults (the matrix product into new memory took twice as
-#: long at 864 atoms). Calls with no backward pass to follow (energy only) form the weights once
-#: per pair up to the same size, in scratch space, and keep nothing.
+#: long at 864 atoms). Calls with no backward pass to follow (energy only) use the same spare
+#: arrays and give them back at the end of their forward pass.
 KEPT_WEIGHTS_BYTES = 2**30
 
 
@@ -128,14 +128,13 @@ class _MessageSums(torch.autograd.Function):
         x = x.contiguous()
         atoms = layout.num_atoms(x, conv.irreps_in)
         output_matrix = conv.radial.output_matrix(conv._weight_columns, 1 / conv.denominator)
-        per_pair = embedding.shape[0] * output_matrix.shape[1] * x.element_size() <= KEPT_WEIGHTS_BYTES
-        # kept for a backward pass: the radial weights and the MLP's pre-activations, in spare
-        # arrays; with no backward pass to follow (energy only), scratch space holds them
-        keep = per_pair and backward
+        # up to this size, the radial weights are formed once per pair and, with the MLP's
+        # pre-activations, kept for the backward pass, in the convolution's spare arrays
+        keep = embedding.shape[0] * output_matrix.shape[1] * x.element_size() <= KEPT_WEIGHTS_BYTES
         work = functools.partial(_work, x)
         pre = _pre_activations(conv, embedding, work, spare=keep)
         hidden = conv.radial.hidden(embedding, pre, work)
-        pair_weights = _pair_weights(conv, hidden, output_matrix, work, spare=keep) if per_pair else None
+        pair_weights = _pair_weights(conv, hidden, output_matrix) if keep else None
         compiled = conv._compiled_kernels(x)
         if compiled is not None:
             out = x.new_empty(atoms * conv.irreps_out.dim)  # every block overwrites its rows
@@ -164,6 +163,11 @@ class _MessageSums(torch.autograd.Function):
             out_rows[block.r0:block.r0 + block.n] = conv._couple(sums)
         if compiled is None:
             out = layout.from_atom_rows(out_rows, conv.irreps_out)
+        if keep and not backward:  # (energy only, torch.no_grad): the spares go back at once
+            _give_back(conv, "pair_weights", pair_weights)
+            for k, p in enumerate(pre):
+                _give_back(conv, f"pre{k}", p)
+            keep = False
         ctx.conv, ctx.blocks = conv, blocks
         ctx.pair_weights, ctx.pre = (pair_weights, pre) if keep else (None, None)
         ctx.save_for_backward(x, embedding, *sh_tables)
@@ -271,13 +275,11 @@ def _pair_weight_gradients(conv: "TensorProductConv", compiled, blocks: List[Edg
     return grad_pairs
 
 
-def _pair_weights(conv: "TensorProductConv", hidden, output_matrix, work, spare: bool):
+def _pair_weights(conv: "TensorProductConv", hidden, output_matrix):
     """``hidden @ output_matrix``, the ``(P, W)`` radial weights of the pairs, written into the
-    spare array that the previous call of ``conv`` gave back (:func:`_spare`) if ``spare`` (kept
-    for the backward pass), else into scratch space."""
+    spare array that the previous call of ``conv`` gave back (see :func:`_spare`)."""
     shape = (hidden.shape[0], output_matrix.shape[1])
-    out = _spare(conv, "pair_weights", shape, hidden) if spare else work("pair_weights", *shape)
-    return torch.mm(hidden, output_matrix, out=out)
+    return torch.mm(hidden, output_matrix, out=_spare(conv, "pair_weights", shape, hidden))
 
 
 def _pre_activations(conv: "TensorProductConv", embedding, work, spare: bool) -> List[torch.Tensor]:
