@@ -305,7 +305,10 @@ def _spare(conv: "TensorProductConv", name: str, shape, like) -> torch.Tensor:
     except IndexError:
         spare = None
     numel = math.prod(shape)
-    if spare is None or spare.numel() < numel or (spare.dtype, spare.device) != (like.dtype, like.device):
+    # (an array made under torch.inference_mode(), by a call with no backward pass, cannot be
+    # written outside it)
+    if spare is None or spare.numel() < numel or (spare.dtype, spare.device) != (like.dtype, like.device) \
+            or (spare.is_inference() and not torch.is_inference_mode_enabled()):
         spare = huge_page_empty(numel, like.dtype, like.device)
     return spare[:numel].view(shape)
 
