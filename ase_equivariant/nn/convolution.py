@@ -10,6 +10,7 @@ from torch.autograd.function import once_differentiable
 from ..o3 import Irreps, wigner_3j
 from ..scratch import huge_page_empty, scratch
 from .activations import ScaledActivation
+from .derived import parameter_list
 from .edge_table import EdgeBlock
 from . import layout, native
 from .mlp import RadialMLP
@@ -496,6 +497,8 @@ class TensorProductConv(nn.Module):
         # per group: the 8 numbers of message_sums.c, and the width of its message sums per atom
         self._sum_widths = [d2 * g.paths * g.d1 * g.mul for _, d2, g in self._groups()]
         self._sums_width = sum(self._sum_widths)
+        # the largest 2l+1 of an input block and of the spherical harmonics
+        self._max_dim = max((max(d2, g.d1) for _, d2, g in self._groups()), default=0)
         table = [[y_offset, d2, g.x_offset, g.d1, g.mul, g.paths, g.w_offset, sum(self._sum_widths[:k])]
                  for k, (y_offset, d2, g) in enumerate(self._groups())]
         self.register_buffer("_group_table", torch.tensor(table, dtype=torch.int32).view(-1, 8), persistent=False)
@@ -520,7 +523,7 @@ class TensorProductConv(nn.Module):
         """Node features ``(N * irreps_in.dim,)`` and the edges of the call (blocks covering
         receivers ``0 .. N-1`` in order) → aggregated messages ``(N * irreps_out.dim,)``; both
         block after block (:mod:`.layout`)."""
-        inputs = (x, edges.embedding, *edges.sh, *self.radial.weights)
+        inputs = (x, edges.embedding, *edges.sh, *parameter_list(self.radial.weights))
         backward = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
         return _MessageSums.apply(self, edges.blocks, backward, *inputs)
 
@@ -540,7 +543,7 @@ class TensorProductConv(nn.Module):
         if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or not self.use_compiled:
             return None
         compiled = native.kernels()
-        if compiled is None or max(max(d2, g.d1) for _, d2, g in self._groups()) > compiled.max_dim:
+        if compiled is None or self._max_dim > compiled.max_dim:
             return None
         return compiled
 

@@ -6,7 +6,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from ..o3 import Irreps
-from .derived import derived
+from .derived import derived, parameter_list
 from .layout import num_atoms
 
 
@@ -141,8 +141,8 @@ class EquivariantLinear(nn.Module):
     def _scaled_weights(self) -> List[torch.Tensor]:
         """The weights of every output block with their normalisation ``1/sqrt(n)`` (kept while
         frozen, see :func:`~.derived.derived`); blocks without sources as they are, empty."""
-        return [derived(self, k, [w], lambda w=w: w * w.shape[0] ** -0.5) if len(w) else w
-                for k, w in enumerate(self.weights)]
+        weights = parameter_list(self.weights)
+        return derived(self, "scaled", weights, lambda: [w * w.shape[0] ** -0.5 if len(w) else w for w in weights])
 
     def extra_repr(self) -> str:
         return f"{self.irreps_in} -> {self.irreps_out}"

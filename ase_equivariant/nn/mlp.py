@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from .activations import ScaledActivation
-from .derived import derived
+from .derived import derived, parameter_list
 
 
 class RadialMLP(nn.Module):
@@ -29,18 +29,15 @@ class RadialMLP(nn.Module):
             nn.Parameter(torch.randn(n_in, n_out)) for n_in, n_out in zip(sizes[:-1], sizes[1:])
         )
         self.act = act
-
-    def _factors(self) -> List[float]:
-        """Each layer's factor: its normalisation ``1/sqrt(n_in)`` times the scale of the activation
-        before it (none before the first layer)."""
-        return [(self.act.scale if k else 1.0) * w.shape[0] ** -0.5 for k, w in enumerate(self.weights)]
+        #: each layer's factor: its normalisation ``1/sqrt(n_in)`` times the scale of the
+        #: activation before it (none before the first layer)
+        self.factors = [(act.scale if k else 1.0) * n_in ** -0.5 for k, n_in in enumerate(sizes[:-1])]
 
     def hidden_weights(self) -> List[torch.Tensor]:
         """The hidden layers' matrices times their factors (kept while frozen, see
         :func:`~.derived.derived`)."""
-        factors = self._factors()
-        return [derived(self, k, [w], lambda w=w, c=factors[k]: w * c)
-                for k, w in enumerate(list(self.weights)[:-1])]  # a slice of a ParameterList builds a new one
+        weights = parameter_list(self.weights)[:-1]
+        return derived(self, "hidden", weights, lambda: [w * c for w, c in zip(weights, self.factors)])
 
     def hidden(self, x: torch.Tensor, pre: List[torch.Tensor], work) -> torch.Tensor:
         """``(E, sizes[0])`` → the activations of the last hidden layer ``(E, sizes[-2])``, without
@@ -61,7 +58,7 @@ class RadialMLP(nn.Module):
         output, its input ``x`` and the pre-activations ``pre`` that it wrote: with respect to
         ``x`` (a new ``(E, sizes[0])`` tensor), and to each hidden layer's weight parameter where
         ``need_weights[k]`` (else ``None``). Intermediates live in ``work``'s scratch space."""
-        weights, factors = self.hidden_weights(), self._factors()
+        weights, factors = self.hidden_weights(), self.factors
         grad_weights = [None] * len(weights)
         if not weights:
             return grad.clone(), grad_weights
@@ -78,6 +75,8 @@ class RadialMLP(nn.Module):
         """The last layer's output ``columns`` (int64 indices, in that order) as a
         ``(sizes[-2], len(columns))`` matrix to apply to :meth:`hidden`'s activations, normalisation
         and activation scale included, times ``factor``."""
+        last = parameter_list(self.weights)[-1]
+
         def compute():
-            return self.weights[-1].index_select(1, columns) * (factor * self._factors()[-1])
-        return derived(self, ("output", factor), [self.weights[-1], columns], compute)
+            return last.index_select(1, columns) * (factor * self.factors[-1])
+        return derived(self, ("output", factor), [last, columns], compute)

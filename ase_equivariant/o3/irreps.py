@@ -16,6 +16,7 @@ components are in e3nn's real basis (for ``l = 1``: ``x, y, z``).
 from __future__ import annotations
 
 import collections
+import functools
 from typing import Iterator
 
 import torch
@@ -159,9 +160,10 @@ class Irreps(tuple):
         """Irreps of the spherical harmonics ``0..lmax``: ``1x0e+1x1o+1x2e+...`` (``p**l`` parity)."""
         return Irreps([(1, (l, p**l)) for l in range(lmax + 1)])
 
-    @property
+    @functools.cached_property
     def dim(self) -> int:
-        """Total dimension ``sum(mul * (2l+1))``."""
+        """Total dimension ``sum(mul * (2l+1))`` (computed once: the network asks for it in every
+        layer of every call)."""
         return sum(block.dim for block in self)
 
     @property
@@ -184,11 +186,15 @@ class Irreps(tuple):
 
     def slices(self) -> list[slice]:
         """One ``slice`` per block into the flat feature dimension (blocks are contiguous, in order)."""
+        return list(self._slices)
+
+    @functools.cached_property
+    def _slices(self) -> tuple:
         out, start = [], 0
         for block in self:
             out.append(slice(start, start + block.dim))
             start += block.dim
-        return out
+        return tuple(out)
 
     def count(self, ir) -> int:
         """Total multiplicity of the irrep ``ir`` (an ``Irrep``, ``"1o"`` or ``(l, p)``)."""
