@@ -68,20 +68,100 @@ class Gate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N * irreps_in.dim,)`` → ``(N * irreps_out.dim,)``, block after block (:mod:`.layout`)."""
-        n = layout.num_atoms(x, self.irreps_in)
-        parts = layout.blocks(x, self.irreps_in, n)
-
-        def part(where):
-            k, channel, mul = where
-            return parts[k][:, :, channel:channel + mul] if mul else x.new_zeros(n, 1, 0)
-
-        out = [act(part(where)) for act, where in zip(self._scalar_acts, self._scalar_places)]
-        if self._gated_places:
-            gates = self._gate_act(part(self._gates)).split(self._gate_muls, dim=2)
-            out += [part(where) * g for where, g in zip(self._gated_places, gates)]
-        if not out:
-            return x.new_zeros(0)
-        return torch.cat([t.reshape(-1) for t in out]) if len(out) > 1 else out[0].reshape(-1)
+        return _Gating.apply(self, x)
 
     def extra_repr(self) -> str:
         return f"{self.irreps_in} -> {self.irreps_out}"
+
+
+class _Gating(torch.autograd.Function):
+    """The map of :class:`Gate` and its first derivative, written block by block into one output
+    (as plain autograd, the same numbers, without its dozen operations and graph nodes per gate:
+    on a small molecule they cost more than the arithmetic).
+
+    Inputs: the gate and ``x`` ``(N * irreps_in.dim,)``. Saves ``x`` and the activated gates."""
+
+    @staticmethod
+    def forward(ctx, gate: Gate, x):
+        x = x.contiguous()
+        n = layout.num_atoms(x, gate.irreps_in)
+        parts = layout.blocks(x, gate.irreps_in, n)
+        out = x.new_empty(n * gate.irreps_out.dim)
+        outs = layout.blocks(out, gate.irreps_out, n)
+        for act, where, o in zip(gate._scalar_acts, gate._scalar_places, outs):
+            if where[2]:
+                _scale(act.f_into(_part(parts, where), o), act.scale)
+        gates = None
+        if gate._gated_places:
+            act = gate._gate_act
+            gates = _scale(act.f_into(_part(parts, gate._gates), x.new_empty(n, 1, gate._gates[2])), act.scale)
+            for where, o, g in zip(gate._gated_places, outs[len(gate._scalar_places):],
+                                   gates.split(gate._gate_muls, dim=2)):
+                if where[2]:
+                    torch.mul(_part(parts, where), g, out=o)
+        ctx.gate = gate
+        ctx.save_for_backward(x, gates)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, gates = ctx.saved_tensors
+        with torch.no_grad():
+            grad_x = _gate_backward(ctx.gate, x, gates, grad_out)
+        if torch.is_grad_enabled():  # create_graph=True: differentiating grad_x again must fail
+            grad_x = _FirstOrderOnly.apply(grad_x, x)
+        return None, grad_x
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """``t`` itself, tied to ``x`` (which requires a gradient), with a backward pass that raises:
+    marks a hand-written first derivative that a second differentiation would get wrong
+    (``once_differentiable`` marks only results whose incoming gradients require one)."""
+
+    @staticmethod
+    def forward(ctx, t, x):
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("the gate's backward pass is first-order only: cannot differentiate twice "
+                           "(forces and stress are first derivatives; Hessians and training on forces are not supported)")
+
+
+def _gate_backward(gate: Gate, x, gates, grad_out):
+    """The gradient with respect to ``x`` of :class:`_Gating`, given that of its output."""
+    n = layout.num_atoms(x, gate.irreps_in)
+    parts = layout.blocks(x, gate.irreps_in, n)
+    grad_x = x.new_empty(x.numel())  # every channel of the input is a scalar, a gate or gated
+    grad_parts = layout.blocks(grad_x, gate.irreps_in, n)
+    grads = layout.blocks(grad_out.contiguous(), gate.irreps_out, n)
+    for act, where, g in zip(gate._scalar_acts, gate._scalar_places, grads):
+        if where[2]:
+            _activation_backward(act, g, _part(parts, where), _part(grad_parts, where))
+    if gate._gated_places:
+        grad_gates = torch.empty_like(gates)
+        for where, g, activated, grad_gate in zip(gate._gated_places, grads[len(gate._scalar_places):],
+                                                  gates.split(gate._gate_muls, dim=2),
+                                                  grad_gates.split(gate._gate_muls, dim=2)):
+            if where[2]:
+                torch.sum(g * _part(parts, where), dim=1, keepdim=True, out=grad_gate)
+                torch.mul(g, activated, out=_part(grad_parts, where))
+        _activation_backward(gate._gate_act, grad_gates, _part(parts, gate._gates), _part(grad_parts, gate._gates))
+    return grad_x
+
+
+def _part(parts, where) -> torch.Tensor:
+    """The ``(N, 2l+1, mul)`` view of ``where`` (a block, its first channel, its channels)."""
+    k, channel, mul = where
+    return parts[k][:, :, channel:channel + mul]
+
+
+def _scale(t: torch.Tensor, scale: float) -> torch.Tensor:
+    return t.mul_(scale) if scale != 1.0 else t
+
+
+def _activation_backward(act: ScaledActivation, grad, x, out):
+    """``out = d act(x) / dx * grad``: the scale applied to ``grad`` first, as autograd does."""
+    if act.scale != 1.0:
+        grad = torch.mul(grad, act.scale, out=out)
+    act.derivative_into(grad, x, out)
