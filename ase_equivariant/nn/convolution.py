@@ -115,10 +115,10 @@ class _MessageSums(torch.autograd.Function):
     through the MLP's output matrix runs once per pair, as the forward one does.
 
     Inputs: the convolution, its ``blocks``, whether a backward pass may follow (grad mode on
-    and an input that requires grad; if not, nothing is kept for one), node features ``x`` ``(N * irreps_in.dim,)`` (block
-    after block, :mod:`.layout`), the pairs' radial embedding ``(P, B)``, the blocks' spherical
-    harmonics (see :class:`EdgeInputs`), then the radial MLP's weight matrices (inputs so that
-    their gradients are returned when they require them).
+    and an input that requires grad; if not, nothing is kept for one), node features ``x``
+    ``(N * irreps_in.dim,)`` (block after block, :mod:`.layout`), the pairs' radial embedding
+    ``(P, B)``, the blocks' spherical harmonics (see :class:`EdgeInputs`), then the radial MLP's
+    weight matrices (inputs so that their gradients are returned when they require them).
     Output: ``(N * irreps_out.dim,)``, block after block. The compiled kernels read and write
     this layout; the torch path works on per-atom rows (:func:`.layout.atom_rows`).
     """

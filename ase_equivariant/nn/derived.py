@@ -8,9 +8,10 @@ from torch import nn
 def derived(owner: object, name: str, parameters: Sequence[torch.Tensor], compute: Callable[[], torch.Tensor]):
     """``compute()``, a tensor (or a list of tensors) that depends on ``parameters`` only (e.g.
     weights times their normalisation), kept on ``owner`` under ``name`` while none of
-    ``parameters`` requires a gradient (inference: the calculator freezes its model) and until one of them changes (in
-    place, which bumps its version, or moved to another device or dtype). When a parameter
-    requires a gradient, ``compute()`` runs every call, so that autograd sees it.
+    ``parameters`` requires a gradient (inference: the calculator freezes its model) and until
+    one of them changes (in place, which bumps its version, or moved to another device or
+    dtype). When a parameter requires a gradient, ``compute()`` runs every call, so that
+    autograd sees it.
 
     Each such tensor would otherwise cost a few small operations per layer and call, in both
     passes: on a small molecule these were a fifth of a call (``benchmarks/ab.py``, ethanol). The

@@ -124,8 +124,8 @@ class _FirstOrderOnly(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        raise RuntimeError("the gate's backward pass is first-order only: cannot differentiate twice "
-                           "(forces and stress are first derivatives; Hessians and training on forces are not supported)")
+        raise RuntimeError("the gate's backward pass is first-order only: cannot differentiate twice (forces "
+                           "and stress are first derivatives; Hessians and training on forces are not supported)")
 
 
 def _gate_backward(gate: Gate, x, gates, grad_out):
