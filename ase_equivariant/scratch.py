@@ -39,6 +39,13 @@ def huge_page_empty(numel: int, dtype: torch.dtype, device) -> torch.Tensor:
     return aligned[:numel]
 
 
+def inference_only(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` was made under ``torch.inference_mode()`` and this code runs outside it,
+    where such a tensor can be neither written nor saved for a backward pass: kept arrays made
+    by a call under it are replaced, not used, by the calls after it."""
+    return tensor.is_inference() and not torch.is_inference_mode_enabled()
+
+
 def scratch(name: str, numel: int, dtype: torch.dtype, device) -> torch.Tensor:
     """A 1-D tensor of ``numel`` elements with undefined contents, reused from call to call.
 
@@ -52,8 +59,6 @@ def scratch(name: str, numel: int, dtype: torch.dtype, device) -> torch.Tensor:
         return torch.empty(numel, dtype=dtype, device=device)
     buffers = _buffers.__dict__.setdefault("buffers", {})
     buffer = buffers.get((name, dtype))
-    # a buffer made under torch.inference_mode() cannot be written outside it
-    stale = buffer is not None and buffer.is_inference() and not torch.is_inference_mode_enabled()
-    if buffer is None or buffer.numel() < numel or stale:
+    if buffer is None or buffer.numel() < numel or inference_only(buffer):
         buffer = buffers[(name, dtype)] = huge_page_empty(numel, dtype, "cpu")
     return buffer[:numel]

@@ -8,7 +8,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from ..o3 import Irreps, wigner_3j
-from ..scratch import huge_page_empty, scratch
+from ..scratch import huge_page_empty, inference_only, scratch
 from .activations import ScaledActivation
 from .derived import parameter_list
 from .edge_table import EdgeBlock
@@ -165,9 +165,7 @@ class _MessageSums(torch.autograd.Function):
         if compiled is None:
             out = layout.from_atom_rows(out_rows, conv.irreps_out)
         if keep and not backward:  # (energy only, torch.no_grad): the spares go back at once
-            _give_back(conv, "pair_weights", pair_weights)
-            for k, p in enumerate(pre):
-                _give_back(conv, f"pre{k}", p)
+            _give_back_kept(conv, pair_weights, pre)
             keep = False
         ctx.conv, ctx.blocks = conv, blocks
         ctx.pair_weights, ctx.pre = (pair_weights, pre) if keep else (None, None)
@@ -187,8 +185,9 @@ class _MessageSums(torch.autograd.Function):
         with torch.set_grad_enabled(need_weights[-1]):
             output_matrix = conv.radial.output_matrix(conv._weight_columns, 1 / conv.denominator)
         hidden_shape = (embedding.shape[0], conv.radial.sizes[-2])
-        pre, kept = ctx.pre, ctx.pre is not None  # kept by the forward pass, used once; else formed again
-        ctx.pre = None
+        # kept by the forward pass, used once (a second backward pass, retain_graph, forms them again)
+        pre, kept = ctx.pre, ctx.pre is not None
+        ctx.pair_weights = ctx.pre = None
         if not kept:
             pre = _pre_activations(conv, embedding, work, spare=False)
             hidden = conv.radial.hidden(embedding, pre, work)
@@ -237,16 +236,11 @@ class _MessageSums(torch.autograd.Function):
                 if grad_output_matrix is not None:
                     grad_output_matrix.addmm_(hidden.index_select(0, block.pairs).t(), grad_weights)
         grad_x = grad_x.sum(0) if compiled is not None else layout.from_atom_rows(grad_x, conv.irreps_in)
-        if pair_weights is not None:
-            # a second backward pass (retain_graph) forms the weights again, block by block
-            ctx.pair_weights = None
-            _give_back(conv, "pair_weights", pair_weights)
         grad_embedding, grad_mlp = None, [None] * (len(need_weights) - 1)
         if need_embedding or any(need_weights[:-1]):
             grad_embedding, grad_mlp = conv.radial.hidden_backward(grad_hidden, embedding, pre, need_weights[:-1], work)
         if kept:  # the next call writes into them
-            for k, p in enumerate(pre):
-                _give_back(conv, f"pre{k}", p)
+            _give_back_kept(conv, pair_weights, pre)
         grad_mlp.append(None if grad_output_matrix is None else
                         torch.autograd.grad(output_matrix, conv.radial.weights[-1], grad_output_matrix)[0])
         return None, None, None, grad_x, grad_embedding if need_embedding else None, *grad_sh, *grad_mlp
@@ -296,7 +290,7 @@ def _pre_activations(conv: "TensorProductConv", embedding, work, spare: bool) ->
 def _spare(conv: "TensorProductConv", name: str, shape, like) -> torch.Tensor:
     """An uninitialised ``shape`` array of ``like``'s dtype and device, for an array that a call
     keeps from its forward to its backward pass (see :data:`KEPT_WEIGHTS_BYTES`): the spare
-    ``name`` that the previous call of ``conv`` gave back (:func:`_give_back`) if it has one
+    ``name`` that the previous call of ``conv`` gave back (:func:`_give_back_kept`) if it has one
     large enough, else a new one on huge pages (:func:`~ase_equivariant.scratch.huge_page_empty`:
     the kernels read the radial weights' rows in random order, and at 10,976 atoms of Cu, ~0.9 GB
     per layer, a call took 15-20 % longer on 4 KiB pages)."""
@@ -306,19 +300,19 @@ def _spare(conv: "TensorProductConv", name: str, shape, like) -> torch.Tensor:
     except IndexError:
         spare = None
     numel = math.prod(shape)
-    # (an array made under torch.inference_mode(), by a call with no backward pass, cannot be
-    # written outside it)
     if spare is None or spare.numel() < numel or (spare.dtype, spare.device) != (like.dtype, like.device) \
-            or (spare.is_inference() and not torch.is_inference_mode_enabled()):
+            or inference_only(spare):
         spare = huge_page_empty(numel, like.dtype, like.device)
     return spare[:numel].view(shape)
 
 
-def _give_back(conv: "TensorProductConv", name: str, array):
-    """Keep ``array``, which nothing uses any more, as ``conv``'s spare ``name``."""
-    spares = conv._spares.setdefault(name, [])
-    if array.device.type == "cpu" and not spares:
-        spares.append(array.view(-1))
+def _give_back_kept(conv: "TensorProductConv", pair_weights, pre: List[torch.Tensor]):
+    """Keep the arrays that a call kept for its backward pass (from :func:`_pair_weights` and
+    :func:`_pre_activations`), which nothing uses any more, as ``conv``'s spares."""
+    for name, array in [("pair_weights", pair_weights)] + [(f"pre{k}", p) for k, p in enumerate(pre)]:
+        spares = conv._spares.setdefault(name, [])
+        if array.device.type == "cpu" and not spares:
+            spares.append(array.view(-1))
 
 
 def _slot_weights(block: EdgeBlock, hidden, output_matrix, pair_weights, work, gather: bool):

@@ -4,6 +4,8 @@ from typing import Callable, List, Sequence
 import torch
 from torch import nn
 
+from ..scratch import inference_only
+
 
 def derived(owner: object, name: str, parameters: Sequence[torch.Tensor], compute: Callable[[], torch.Tensor]):
     """``compute()``, a tensor (or a list of tensors) that depends on ``parameters`` only (e.g.
@@ -31,8 +33,7 @@ def _stale(hit, parameters) -> bool:
     parameters' storage, so no other tensor can take its address meanwhile. A tensor made under
     ``torch.inference_mode()`` cannot be saved for a backward pass outside it: formed again."""
     kept, value = hit
-    values = value if isinstance(value, list) else [value]
-    if any(v.is_inference() for v in values) and not torch.is_inference_mode_enabled():
+    if any(inference_only(v) for v in (value if isinstance(value, list) else [value])):
         return True
     return any(old.data_ptr() != p.data_ptr() or (old.dtype, old.device) != (p.dtype, p.device)
                or version != p._version for (old, version), p in zip(kept, parameters))
