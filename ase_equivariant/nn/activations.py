@@ -66,6 +66,18 @@ class ScaledActivation(nn.Module):
         """``grad * f'(x)`` (``f`` without the scale) written into ``out``, of ``x``'s shape."""
         return DERIVATIVES[self.name](grad, x, out)
 
+    def scaled_into(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``scale * f(x)`` written into ``out``, of ``x``'s shape (the numbers of :meth:`forward`)."""
+        self.f_into(x, out)
+        return out.mul_(self.scale) if self.scale != 1.0 else out
+
+    def scaled_derivative_into(self, grad: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``grad * scale * f'(x)`` written into ``out``: the scale applied to ``grad`` first, as
+        autograd through :meth:`forward` does (``out`` may be ``grad``)."""
+        if self.scale != 1.0:
+            grad = torch.mul(grad, self.scale, out=out)
+        return self.derivative_into(grad, x, out)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.f(x) * self.scale if self.scale != 1.0 else self.f(x)
 

@@ -90,11 +90,10 @@ class _Gating(torch.autograd.Function):
         outs = layout.blocks(out, gate.irreps_out, n)
         for act, where, o in zip(gate._scalar_acts, gate._scalar_places, outs):
             if where[2]:
-                _scale(act.f_into(_part(parts, where), o), act.scale)
+                act.scaled_into(_part(parts, where), o)
         gates = None
         if gate._gated_places:
-            act = gate._gate_act
-            gates = _scale(act.f_into(_part(parts, gate._gates), x.new_empty(n, 1, gate._gates[2])), act.scale)
+            gates = gate._gate_act.scaled_into(_part(parts, gate._gates), x.new_empty(n, 1, gate._gates[2]))
             for where, o, g in zip(gate._gated_places, outs[len(gate._scalar_places):],
                                    gates.split(gate._gate_muls, dim=2)):
                 if where[2]:
@@ -137,7 +136,7 @@ def _gate_backward(gate: Gate, x, gates, grad_out):
     grads = layout.blocks(grad_out.contiguous(), gate.irreps_out, n)
     for act, where, g in zip(gate._scalar_acts, gate._scalar_places, grads):
         if where[2]:
-            _activation_backward(act, g, _part(parts, where), _part(grad_parts, where))
+            act.scaled_derivative_into(g, _part(parts, where), _part(grad_parts, where))
     if gate._gated_places:
         grad_gates = torch.empty_like(gates)
         for where, g, activated, grad_gate in zip(gate._gated_places, grads[len(gate._scalar_places):],
@@ -146,7 +145,7 @@ def _gate_backward(gate: Gate, x, gates, grad_out):
             if where[2]:
                 torch.sum(g * _part(parts, where), dim=1, keepdim=True, out=grad_gate)
                 torch.mul(g, activated, out=_part(grad_parts, where))
-        _activation_backward(gate._gate_act, grad_gates, _part(parts, gate._gates), _part(grad_parts, gate._gates))
+        gate._gate_act.scaled_derivative_into(grad_gates, _part(parts, gate._gates), _part(grad_parts, gate._gates))
     return grad_x
 
 
@@ -155,13 +154,3 @@ def _part(parts, where) -> torch.Tensor:
     k, channel, mul = where
     return parts[k][:, :, channel:channel + mul]
 
-
-def _scale(t: torch.Tensor, scale: float) -> torch.Tensor:
-    return t.mul_(scale) if scale != 1.0 else t
-
-
-def _activation_backward(act: ScaledActivation, grad, x, out):
-    """``out = d act(x) / dx * grad``: the scale applied to ``grad`` first, as autograd does."""
-    if act.scale != 1.0:
-        grad = torch.mul(grad, act.scale, out=out)
-    act.derivative_into(grad, x, out)
