@@ -219,3 +219,41 @@ def test_calls_with_no_backward_pass_give_their_arrays_back_and_the_same_energie
     assert spares() == first
     np.testing.assert_allclose(energy_only, want, rtol=0, atol=1e-12)
     np.testing.assert_allclose(no_grad.numpy(), want, rtol=0, atol=1e-12)
+
+
+def test_a_call_with_a_few_more_pairs_than_the_last_writes_into_the_same_arrays():
+    """The number of pairs within the cutoff moves from step to step of a simulation: calls
+    with fewer pairs, then with a few more than the first, all reuse the arrays of the first
+    call (a spare keeps its whole size and has room for a few more pairs), and give the forces
+    of a model that kept none."""
+    from ase_equivariant.nn.convolution import TensorProductConv
+
+    def model():
+        return random_model(species=(8, 13, 29), channels=8, num_blocks=2, seed=3)
+
+    calculator = EquivariantCalculator(model(), skin=0.0)
+
+    def strained(strain):
+        atoms = crystal()
+        atoms.set_cell(atoms.cell * strain, scale_atoms=True)
+        edge_index, shifts = cell_list(torch.tensor(atoms.positions), torch.tensor(atoms.cell.array),
+                                       torch.tensor(atoms.pbc), calculator.model.cutoff)
+        return atoms, edge_pairs(edge_index, shifts)[1].numel()
+
+    convolutions = [m for m in calculator.model.modules() if isinstance(m, TensorProductConv)]
+
+    def spares():
+        return [{name: [a.data_ptr() for a in arrays] for name, arrays in conv._spares.items()}
+                for conv in convolutions]
+
+    counts, first = [], None
+    for strain in (1.07, 1.08, 1.07, 1.06):
+        atoms, pairs = strained(strain)
+        counts.append(pairs)
+        atoms.calc = calculator
+        forces = atoms.get_forces()
+        first = first or spares()
+        assert spares() == first
+        atoms.calc = EquivariantCalculator(model(), skin=0.0)  # a fresh model: no spares
+        np.testing.assert_allclose(forces, atoms.get_forces(), rtol=0, atol=1e-12)
+    assert counts[1] < counts[0] < counts[3], counts  # fewer pairs, then more than the first
