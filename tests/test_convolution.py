@@ -257,3 +257,25 @@ def test_a_call_with_a_few_more_pairs_than_the_last_writes_into_the_same_arrays(
         atoms.calc = EquivariantCalculator(model(), skin=0.0)  # a fresh model: no spares
         np.testing.assert_allclose(forces, atoms.get_forces(), rtol=0, atol=1e-12)
     assert counts[1] < counts[0] < counts[3], counts  # fewer pairs, then more than the first
+
+
+def test_a_graph_dropped_without_a_backward_pass_gives_its_arrays_back():
+    """A call whose graph is dropped unused (its energy was all that was needed) gives the arrays
+    it kept for its backward pass back when the graph goes: the next call writes into them."""
+    from ase_equivariant.nn.convolution import TensorProductConv
+    model = random_model(species=(8, 13, 29), channels=8, num_blocks=2, seed=3)
+    convolutions = [m for m in model.modules() if isinstance(m, TensorProductConv)]
+    atoms = crystal()
+    positions = torch.tensor(atoms.positions, requires_grad=True)
+    cell = torch.tensor(atoms.cell.array)
+    edge_index, shifts = cell_list(positions.detach(), cell, torch.tensor(atoms.pbc), model.cutoff)
+
+    def energy():
+        return model(positions, torch.tensor(atoms.numbers), edge_index, shifts, cell).sum()
+
+    torch.autograd.grad(energy(), positions)  # the spares exist
+    spares = [{name: arrays[0].data_ptr() for name, arrays in conv._spares.items()} for conv in convolutions]
+    kept = energy()  # holds them
+    assert all(not arrays for conv in convolutions for arrays in conv._spares.values())
+    del kept
+    assert [{name: arrays[0].data_ptr() for name, arrays in conv._spares.items()} for conv in convolutions] == spares

@@ -1,6 +1,7 @@
 """Channel-wise ('uvu') tensor-product convolution over the edges of an atomic graph."""
 import functools
 import math
+import weakref
 from typing import Dict, List, NamedTuple
 
 import torch
@@ -25,7 +26,8 @@ from .mlp import RadialMLP
 #: convolution after the backward pass for the next call to write into (:func:`_spare`):
 #: touching fresh memory costs page faults (the matrix product into new memory took twice as
 #: long at 864 atoms). Calls with no backward pass to follow (energy only) use the same spare
-#: arrays and give them back at the end of their forward pass.
+#: arrays and give them back at the end of their forward pass; a call whose graph is dropped
+#: without a backward pass gives them back when the graph goes.
 KEPT_WEIGHTS_BYTES = 2**30
 #: a new spare array has room for 1/SPARE_HEADROOM more rows than the call that makes it: the
 #: number of pairs within the cutoff moves from step to step of a simulation, and a call with
@@ -173,6 +175,8 @@ class _MessageSums(torch.autograd.Function):
             keep = False
         ctx.conv, ctx.blocks = conv, blocks
         ctx.pair_weights, ctx.pre = (pair_weights, pre) if keep else (None, None)
+        if keep:  # back to the spares after the backward pass, or when the graph is dropped without one
+            ctx.give_back = weakref.finalize(ctx, _give_back_kept, conv, pair_weights, pre)
         ctx.save_for_backward(x, embedding, *sh_tables)
         return out
 
@@ -244,7 +248,7 @@ class _MessageSums(torch.autograd.Function):
         if need_embedding or any(need_weights[:-1]):
             grad_embedding, grad_mlp = conv.radial.hidden_backward(grad_hidden, embedding, pre, need_weights[:-1], work)
         if kept:  # the next call writes into them
-            _give_back_kept(conv, pair_weights, pre)
+            ctx.give_back()
         grad_mlp.append(None if grad_output_matrix is None else
                         torch.autograd.grad(output_matrix, conv.radial.weights[-1], grad_output_matrix)[0])
         return None, None, None, grad_x, grad_embedding if need_embedding else None, *grad_sh, *grad_mlp
