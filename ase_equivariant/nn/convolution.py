@@ -177,6 +177,7 @@ class _MessageSums(torch.autograd.Function):
         ctx.pair_weights, ctx.pre = (pair_weights, pre) if keep else (None, None)
         if keep:  # back to the spares after the backward pass, or when the graph is dropped without one
             ctx.give_back = weakref.finalize(ctx, _give_back_kept, conv, pair_weights, pre)
+            ctx.give_back.atexit = False
         ctx.save_for_backward(x, embedding, *sh_tables)
         return out
 
