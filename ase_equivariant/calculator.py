@@ -97,7 +97,11 @@ class EquivariantCalculator(Calculator):
 
     def _evaluate(self, atoms, gradients: bool, periodic: bool):
         """Energies and, with ``gradients``, forces, stress and per-atom stresses into ``results``."""
-        kw = dict(dtype=self.dtype, device=self.device)
+        # Positions, cell and edge vectors in float64 whatever the model's dtype: in float32 a
+        # coordinate carries ~6e-8 of its size in error (unwrapped MD, a structure far from the
+        # origin), which the difference r_j - r_i would keep; the vectors, a few Å long, are
+        # then cast to the model's dtype.
+        kw = dict(dtype=torch.float64, device=self.device)
         positions = torch.as_tensor(atoms.positions, **kw)
         cell = torch.as_tensor(atoms.cell.array, **kw)
         pbc = torch.as_tensor(atoms.pbc, device=self.device)
@@ -115,7 +119,7 @@ class EquivariantCalculator(Calculator):
                 positions = positions + positions @ symmetric
                 cell = cell + cell @ symmetric
                 inputs.append(strain)
-            vectors = edge_vectors(positions, cell, edge_index, shifts)
+            vectors = edge_vectors(positions, cell, edge_index, shifts).to(self.dtype)
             self._check_overlap(vectors.detach(), edge_index)
             energies = self.model(positions, numbers, edge_index, shifts, cell, vectors=vectors)
             if gradients:

@@ -282,6 +282,29 @@ def test_float32_and_float64_agree():
     np.testing.assert_allclose(results["float32"][2], results["float64"][2], atol=1e-5)
 
 
+def test_float32_results_do_not_depend_on_where_the_structure_sits():
+    """ASE's dynamics do not wrap positions: after a long run, or for a structure placed far from
+    the origin, coordinates can be large. Edge vectors are formed in float64 before the float32
+    model sees them, so a translation by 1e4 Å (float32 spacing ~1e-3 Å there) changes nothing
+    beyond float32 round-off (2e-7 eV, 2e-8 eV/Å, 1e-10 eV/Å³; formed in float32: 4e-5 eV,
+    3e-4 eV/Å, 1e-6 eV/Å³)."""
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)
+    atoms.rattle(0.05, seed=1)
+    far = atoms.copy()
+    far.positions += [1e4, -2e4, 3e4]
+    results = []
+    for structure in (atoms, far):
+        structure.calc = EquivariantCalculator(tiny_float32(), skin=0.0)
+        results.append((structure.get_potential_energy(), structure.get_forces(), structure.get_stress()))
+    assert results[1][0] == pytest.approx(results[0][0], abs=1e-5)
+    np.testing.assert_allclose(results[1][1], results[0][1], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(results[1][2], results[0][2], atol=1e-7, rtol=0)
+
+
+def tiny_float32():
+    return random_model(species=(29,), channels=8, lmax=2, num_blocks=2, cutoff=4.0, seed=3, dtype="float32")
+
+
 def test_ase_plugin_finds_calculator():
     plugins = pytest.importorskip("ase._4.plugins")
     names = {plugin.name for plugin in plugins.plugins.calculators}
