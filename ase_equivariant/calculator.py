@@ -34,7 +34,9 @@ class EquivariantCalculator(Calculator):
         model: a registry name (``"sevennet-0"``), the path of a weight file, or an
             :class:`~ase_equivariant.nn.EquivariantPotential` instance (used as is).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device``; ``None`` picks CUDA when available.
-        dtype: ``"float32"`` (default) or ``"float64"``.
+        dtype: ``"float32"`` (default) or ``"float64"``, the network's precision; positions and
+            edge vectors are formed in float64 either way (then cast), so results do not depend on
+            how far from the origin a structure sits.
         skin: Verlet skin in Å; the neighbour list is built at ``cutoff + skin`` and reused until
             an atom has moved more than ``skin/2`` (results are identical to ``skin=0``).
         min_distance: two atoms closer than this (Å) are rejected as overlapping.
