@@ -25,9 +25,8 @@ from .mlp import RadialMLP
 #: grow with the number of edges times the layers. On the CPU, kept arrays stay with their
 #: convolution after the backward pass for the next call to write into (:func:`_spare`):
 #: touching fresh memory costs page faults (the matrix product into new memory took twice as
-#: long at 864 atoms). Calls with no backward pass to follow (energy only) use the same spare
-#: arrays and give them back at the end of their forward pass; a call whose graph is dropped
-#: without a backward pass gives them back when the graph goes.
+#: long at 864 atoms). A call with no backward pass to follow (energy only, no graph) gives them
+#: back at the end of its forward pass, and one whose graph is dropped unused when it goes.
 KEPT_WEIGHTS_BYTES = 2**30
 #: a new spare array has room for 1/SPARE_HEADROOM more rows than the call that makes it: the
 #: number of pairs within the cutoff moves from step to step of a simulation, and a call with
@@ -121,17 +120,16 @@ class _MessageSums(torch.autograd.Function):
     the compiled kernels add the gradients of a pair's two edges into one row, so the product back
     through the MLP's output matrix runs once per pair, as the forward one does.
 
-    Inputs: the convolution, its ``blocks``, whether a backward pass may follow (grad mode on
-    and an input that requires grad; if not, nothing is kept for one), node features ``x``
-    ``(N * irreps_in.dim,)`` (block after block, :mod:`.layout`), the pairs' radial embedding
-    ``(P, B)``, the blocks' spherical harmonics (see :class:`EdgeInputs`), then the radial MLP's
-    weight matrices (inputs so that their gradients are returned when they require them).
+    Inputs: the convolution, its ``blocks``, node features ``x`` ``(N * irreps_in.dim,)`` (block
+    after block, :mod:`.layout`), the pairs' radial embedding ``(P, B)``, the blocks' spherical
+    harmonics (see :class:`EdgeInputs`), then the radial MLP's weight matrices (inputs so that
+    their gradients are returned when they require them).
     Output: ``(N * irreps_out.dim,)``, block after block. The compiled kernels read and write
     this layout; the torch path works on per-atom rows (:func:`.layout.atom_rows`).
     """
 
     @staticmethod
-    def forward(ctx, conv: "TensorProductConv", blocks: List[EdgeBlock], backward: bool, x, embedding, *tensors):
+    def forward(ctx, conv: "TensorProductConv", blocks: List[EdgeBlock], x, embedding, *tensors):
         sh_tables = tensors[:len(blocks)]
         x = x.contiguous()
         atoms = layout.num_atoms(x, conv.irreps_in)
@@ -171,12 +169,11 @@ class _MessageSums(torch.autograd.Function):
             out_rows[block.r0:block.r0 + block.n] = conv._couple(sums)
         if compiled is None:
             out = layout.from_atom_rows(out_rows, conv.irreps_out)
-        if keep and not backward:  # (energy only, torch.no_grad): the spares go back at once
-            _give_back_kept(conv, pair_weights, pre)
-            keep = False
         ctx.conv, ctx.blocks = conv, blocks
         ctx.pair_weights, ctx.pre = (pair_weights, pre) if keep else (None, None)
-        if keep:  # back to the spares after the backward pass, or when the graph is dropped without one
+        # back to the spares after the backward pass, or when the context goes without one: at
+        # once where no graph is recorded (energy only, torch.no_grad), else with the graph
+        if keep:
             ctx.give_back = weakref.finalize(ctx, _give_back_kept, conv, pair_weights, pre)
             ctx.give_back.atexit = False
         ctx.save_for_backward(x, embedding, *sh_tables)
@@ -189,8 +186,8 @@ class _MessageSums(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         x, embedding, *sh_tables = ctx.saved_tensors
         atoms = layout.num_atoms(x, conv.irreps_in)
-        need_embedding = ctx.needs_input_grad[4]
-        need_weights = ctx.needs_input_grad[5 + len(blocks):]
+        need_embedding = ctx.needs_input_grad[3]
+        need_weights = ctx.needs_input_grad[4 + len(blocks):]
         work = functools.partial(_work, x)
         with torch.set_grad_enabled(need_weights[-1]):
             output_matrix = conv.radial.output_matrix(conv._weight_columns, 1 / conv.denominator)
@@ -253,7 +250,7 @@ class _MessageSums(torch.autograd.Function):
             ctx.give_back()
         grad_mlp.append(None if grad_output_matrix is None else
                         torch.autograd.grad(output_matrix, conv.radial.weights[-1], grad_output_matrix)[0])
-        return None, None, None, grad_x, grad_embedding if need_embedding else None, *grad_sh, *grad_mlp
+        return None, None, grad_x, grad_embedding if need_embedding else None, *grad_sh, *grad_mlp
 
 
 def _pair_weight_gradients(conv: "TensorProductConv", compiled, blocks: List[EdgeBlock], sh_tables, x, atoms: int,
@@ -531,9 +528,8 @@ class TensorProductConv(nn.Module):
         """Node features ``(N * irreps_in.dim,)`` and the edges of the call (blocks covering
         receivers ``0 .. N-1`` in order) → aggregated messages ``(N * irreps_out.dim,)``; both
         block after block (:mod:`.layout`)."""
-        inputs = (x, edges.embedding, *edges.sh, *parameter_list(self.radial.weights))
-        backward = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
-        return _MessageSums.apply(self, edges.blocks, backward, *inputs)
+        return _MessageSums.apply(self, edges.blocks, x, edges.embedding, *edges.sh,
+                                  *parameter_list(self.radial.weights))
 
     def _groups(self):
         """``(y_offset, d2, group)`` for every group of the plan, in order: the group's
