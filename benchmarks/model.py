@@ -13,6 +13,13 @@ the process's resident high-water mark after the structure (CPU; it includes the
 calculator's peaks) or the peak CUDA memory of our call (GPU). The reference always runs in
 float32 (``--dtype float64`` sets our precision only).
 
+With the reference, also the issue's compute-bound limit: "ref GFLOP" counts the matrix
+products of one reference call with the same counter (torch's FLOP formulas; its elementwise
+work is not counted, so this undercounts the model's arithmetic as the reference does it),
+"limit ms" is that count at the gemm rate of the row (our dtype's), and "/limit" our minimum
+over it. Our own call does fewer FLOPs than the reference's (radial MLP once per pair, message
+sums before the coupling); "%gemm" is the stricter measure of how well our code uses the machine.
+
     python benchmarks/model.py                      # float32, CPU, default structures
     python benchmarks/model.py --dtype float64
     python benchmarks/model.py --sizes 1000 10000 --no-reference   # per-atom scaling, ours only
@@ -162,7 +169,7 @@ def main():
     header = (f"{'system':>8} {'atoms':>6} {'ours ms min':>11} {'median':>8} {'ms/atom':>8} {'GFLOP':>7} "
               f"{'GFLOP/s':>8} {gemm_name:>6} {'%gemm':>6} {'mem MiB':>9}")
     if reference is not None:
-        header += f" {'sevenn32 ms min':>15} {'median':>8} {'speed-up':>8}"
+        header += f" {'sevenn32 ms min':>15} {'median':>8} {'speed-up':>8} {'ref GFLOP':>9} {'limit ms':>8} {'/limit':>6}"
     print(header)
     for name, atoms in structures(args.sizes).items():
         calcs = [("ours", ours)] + ([("ref", reference)] if reference is not None else [])
@@ -189,8 +196,12 @@ def main():
                 f"{gemm:>6.0f} {100 * flops / best / 1e9 / gemm:>5.0f}% {peak:>9.0f}")
         if reference is not None:
             ref_best = min(times["ref"])
+            with MatmulFlops() as ref_counter:
+                evaluate(reference, atoms, args.device)
+            limit = ref_counter.total / (gemm * 1e9)  # the model's products at the sgemm rate
             line += (f" {1e3 * ref_best:>15.1f} {1e3 * statistics.median(times['ref']):>8.1f} "
-                     f"{ref_best / best:>7.1f}x")
+                     f"{ref_best / best:>7.1f}x {ref_counter.total / 1e9:>9.2f} {1e3 * limit:>8.1f} "
+                     f"{best / limit:>5.2f}x")
         print(line, flush=True)
         gc.collect()
 
