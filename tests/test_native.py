@@ -28,7 +28,7 @@ def structure():
     atoms.rattle(0.1, seed=7)
     atoms.set_cell(atoms.cell.array + [[0, 0.3, 0.1], [0.2, 0, 0], [0, 0.4, 0]], scale_atoms=True)
     atoms.set_cell(atoms.cell.array + np.diag([0, 0, 12.0]))  # vacuum above: a slab in a box
-    return atoms + Atoms("O", positions=[[1.0, 1.0, 14.0]])
+    return atoms + Atoms("O", positions=[[1.0, 1.0, 9.0]])  # >= 6.8 Å from the slab and its image
 
 
 @pytest.fixture
@@ -66,6 +66,23 @@ def test_compiled_kernels_equal_the_torch_path(dtype, channels, lmax, parity, bl
     scale = [max(1.0, float(np.abs(r).max())) for r in reference]
     for name, a, b, s in zip(["energies", "forces", "stress", "stresses"], got, reference, scale):
         np.testing.assert_allclose(a, b, rtol=0, atol=tolerance * s, err_msg=name)
+
+
+@requires_kernels
+def test_blocks_without_edges_on_both_paths(two_threads):
+    """A lone atom first and blocks of fewer edges than one atom has: the first block of every
+    convolution holds the lone atom and no edge; both paths give it zero messages and agree."""
+    model = random_model(species=(8, 13, 29), channels=12, num_blocks=2, seed=3, dtype="float64")
+    model.edge_block = 5
+    crystal = structure()
+    atoms = crystal[-1:] + crystal[:-1]  # its lone atom first
+    use_compiled(model, False)
+    reference = results(model, atoms)
+    use_compiled(model, True)
+    got = results(model, atoms)
+    for name, a, b in zip(["energies", "forces", "stress", "stresses"], got, reference):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12 * max(1.0, float(np.abs(b).max())), err_msg=name)
+    np.testing.assert_allclose(got[1][0], 0, atol=1e-14)  # the lone atom feels nothing
 
 
 @requires_kernels
