@@ -65,6 +65,9 @@ def test_edge_pairs_join_each_edge_with_its_reverse(pbc):
     assert bool((pair[first] == torch.arange(len(first))).all())
     lone = edge_pairs(edge_index[:, :1], shifts[:1])  # an edge without its reverse: a pair of its own
     assert lone[0].tolist() == [0] and lone[1].tolist() == [0]
+    # atom indices too large for one int64 key per edge: pairs found by rows instead, the same
+    far_pair, far_first = edge_pairs(edge_index + 2**40, shifts)
+    assert far_pair.tolist() == pair.tolist() and far_first.tolist() == first.tolist()
     # the backward phases: each pair has one slot in phase 1 and its other slot in phase 2
     for block_size in (1000, 7):
         blocks = edge_blocks(edge_index, len(atoms), block_size, pair, first)
