@@ -15,6 +15,7 @@ from .derived import parameter_list
 from .edge_table import EdgeBlock
 from . import layout, native
 from .mlp import RadialMLP
+from .products import product_transposed
 
 
 #: radial weights of one convolution call up to this size (one row per pair of reverse edges)
@@ -213,7 +214,7 @@ class _MessageSums(torch.autograd.Function):
             # the kernels sum the two slots of each pair into the pair's row: one product per pair
             grad_pairs = _pair_weight_gradients(conv, compiled, blocks, sh_tables, x, atoms, grad_out, pair_weights,
                                                 grad_sh, grad_x, work)
-            grad_hidden = torch.mm(grad_pairs, output_matrix_d.t(), out=work("grad_hidden", *hidden_shape))
+            grad_hidden = product_transposed(grad_pairs, output_matrix_d)
             if grad_output_matrix is not None:
                 grad_output_matrix.addmm_(hidden.t(), grad_pairs)
         else:
@@ -239,7 +240,7 @@ class _MessageSums(torch.autograd.Function):
                                            grad_sh_block, grad_weights.view(n, k, -1), gx_block, work)
                     grad_x.index_add_(0, block.senders, gx_block.view(n * k, -1))
                 # through R = hidden @ output_matrix, to the pairs (empty slots add zero to pair 0)
-                grad_hidden.index_add_(0, block.pairs, grad_weights @ output_matrix_d.t())
+                grad_hidden.index_add_(0, block.pairs, product_transposed(grad_weights, output_matrix_d))
                 if grad_output_matrix is not None:
                     grad_output_matrix.addmm_(hidden.index_select(0, block.pairs).t(), grad_weights)
         grad_x = grad_x.sum(0) if compiled is not None else layout.from_atom_rows(grad_x, conv.irreps_in)
