@@ -39,6 +39,7 @@ from torch.utils.flop_counter import flop_registry
 
 from ase_equivariant import EquivariantCalculator
 from ase_equivariant.neighbors import cell_list
+from ase_equivariant.nn import products
 from ase_equivariant.nn.convolution import TensorProductConv
 
 
@@ -75,9 +76,14 @@ def gemm_gflops(dtype, device, n=2048, repeats=5):
     return 2 * n**3 / best / 1e9
 
 
+#: the oneDNN product of ``nn/products.py``
+ONEDNN_PRODUCT = torch.ops.mkldnn._linear_pointwise if products.ONEDNN else None
+
+
 class MatmulFlops(TorchDispatchMode):
     """Counts the FLOPs of the matrix products run inside it (torch's FLOP formulas for mm, bmm,
-    addmm, ...; elementwise work is not counted). Unlike ``FlopCounterMode`` it hooks no modules,
+    addmm, ...; ours for oneDNN's product, which torch has no formula for; elementwise work is
+    not counted). Unlike ``FlopCounterMode`` it hooks no modules,
     so it works under ``torch.autograd.grad`` with leaf inputs."""
 
     def __init__(self):
@@ -90,6 +96,8 @@ class MatmulFlops(TorchDispatchMode):
         count = flop_registry.get(func._overloadpacket)
         if count is not None:
             self.total += count(*args, **kwargs, out_val=out)
+        elif func._overloadpacket is ONEDNN_PRODUCT:  # x (M, K) @ w (N, K).t(): no formula in torch
+            self.total += 2 * args[0].shape[0] * args[0].shape[1] * args[1].shape[0]
         return out
 
 
