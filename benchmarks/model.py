@@ -77,7 +77,7 @@ def gemm_gflops(dtype, device, n=2048, repeats=5):
 
 
 #: the oneDNN product of ``nn/products.py``
-ONEDNN_PRODUCT = torch.ops.mkldnn._linear_pointwise if products.ONEDNN else None
+ONEDNN_PRODUCT = torch.ops.mkldnn._linear_pointwise if products.onednn() else None
 
 
 class MatmulFlops(TorchDispatchMode):
