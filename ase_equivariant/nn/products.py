@@ -1,5 +1,6 @@
 """A matrix product that torch's default CPU path (MKL) runs well below this machine's rate."""
 import functools
+import platform
 
 import torch
 
@@ -9,9 +10,12 @@ ONEDNN_MIN_ROWS = 512
 
 @functools.lru_cache(maxsize=None)
 def onednn() -> bool:
-    """Whether this torch has oneDNN's fully connected layer (``torch.ops.mkldnn._linear_pointwise``,
-    an operation of its CPU build that its compiler uses) with the signature used here: checked
-    once, on a small product."""
+    """Whether to use oneDNN's fully connected layer (``torch.ops.mkldnn._linear_pointwise``, an
+    operation of torch's CPU build that its compiler uses): on x86-64 processors (where it was
+    measured), if this torch has it with the signature used here (checked once, on a small
+    product)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
     try:
         a, b = torch.ones(2, 3), torch.ones(4, 3)
         return bool(torch.backends.mkldnn.is_available()
