@@ -18,10 +18,14 @@ def onednn() -> bool:
         return False
     try:
         a, b = torch.ones(2, 3), torch.ones(4, 3)
-        return bool(torch.backends.mkldnn.is_available()
-                    and torch.equal(torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""), a @ b.t()))
+        return bool(torch.backends.mkldnn.is_available() and torch.equal(_onednn_product(a, b), a @ b.t()))
     except (AttributeError, RuntimeError, TypeError):
         return False
+
+
+def _onednn_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b.t()`` by oneDNN's fully connected layer (no bias, no activation)."""
+    return torch.ops.mkldnn._linear_pointwise(a.contiguous(), b.contiguous(), None, "none", [], "")
 
 
 def product_transposed(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -35,5 +39,5 @@ def product_transposed(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """
     if a.device.type == "cpu" and a.dtype == torch.float32 and b.dtype == torch.float32 \
             and a.shape[0] >= ONEDNN_MIN_ROWS and onednn():
-        return torch.ops.mkldnn._linear_pointwise(a.contiguous(), b.contiguous(), None, "none", [], "")
+        return _onednn_product(a, b)
     return torch.mm(a, b.t())
