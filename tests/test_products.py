@@ -1,23 +1,118 @@
-"""nn/products.py: the oneDNN product against torch.mm."""
+"""nn/products.py: the compiled products of the radial MLPs against float64 references."""
 import pytest
 import torch
 
 from ase_equivariant.nn import products
 
+compiled = pytest.mark.skipif(products._library() is None,
+                              reason="compiled products not used here (no AVX-512, no compiler, or switched off)")
 
-@pytest.mark.parametrize("onednn", [True, False])
+
+def _reference(a, b):
+    return (a.double() @ b.double()).to(a.dtype)
+
+
+def _tolerance(dtype, k):
+    """Sums of k products of numbers ~1, rounded in another order than float64's (a wrong
+    product is off by ~1)."""
+    return 4 * k * torch.finfo(dtype).eps
+
+
+class _Spy:
+    """Counts the calls into the compiled library."""
+
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        original = products._Library.product
+
+        def product(library, a, b, out):
+            self.calls += 1
+            return original(library, a, b, out)
+        monkeypatch.setattr(products._Library, "product", product)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("m", [0, 1, 37, 2500])
-def test_product_transposed_is_a_times_b_transposed(monkeypatch, onednn, dtype, m):
-    if not onednn:
-        monkeypatch.setattr(products, "onednn", lambda: False)
-    generator = torch.Generator().manual_seed(m)
-    a = torch.randn(m, 960, dtype=dtype, generator=generator)
-    b = torch.randn(64, 960, dtype=dtype, generator=generator)
-    expected = (a.double() @ b.double().t()).to(dtype)
-    for a_in in (a, a.t().contiguous().t()):  # contiguous, and a transposed view
-        got = products.product_transposed(a_in, b)
-        assert got.shape == (m, 64) and got.dtype == dtype
-        # float32: sums of 960 terms of size ~1, rounded in another order than float64's
-        tolerance = 2e-4 if dtype == torch.float32 else 1e-11
-        torch.testing.assert_close(got, expected, rtol=0, atol=tolerance)
+@pytest.mark.parametrize("m, k, n", [
+    (0, 64, 960), (37, 64, 64), (64, 8, 64), (67, 1, 16), (2500, 64, 960), (1000, 960, 64), (203, 64, 48),
+    (130, 64, 224), (100, 64, 8), (100, 20, 20),
+])
+def test_product_is_a_times_b(monkeypatch, dtype, m, k, n):
+    """Every path (compiled where the shape allows: whole and partial tiles of rows, tiles of
+    two vectors of columns and of one; torch.mm for few rows or columns no multiple of the
+    vectors' length), with and without ``out``."""
+    spy = _Spy(monkeypatch)
+    generator = torch.Generator().manual_seed(m + k + n)
+    a = torch.randn(m, k, dtype=dtype, generator=generator)
+    b = torch.randn(k, n, dtype=dtype, generator=generator)
+    expected = _reference(a, b)
+    out = torch.full((m, n), float("nan"), dtype=dtype)
+    assert products.product(a, b, out=out) is out
+    got = products.product(a, b)
+    for result in (out, got):
+        assert result.shape == (m, n) and result.dtype == dtype
+        torch.testing.assert_close(result, expected, rtol=0, atol=_tolerance(dtype, k))
+    lanes = products.VECTOR_BYTES // a.element_size()
+    expect_compiled = products._library() is not None and m >= products.MIN_ROWS and n % lanes == 0
+    assert spy.calls == (2 if expect_compiled else 0)
+
+
+@compiled
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_products_stored_around_the_caches(monkeypatch, dtype):
+    """Large outputs are stored around the caches: the same numbers, also into an output that
+    is not aligned to the vectors (stored normally)."""
+    monkeypatch.setattr(products, "STREAM_BYTES", 1)
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(333, 64, dtype=dtype, generator=generator)
+    b = torch.randn(64, 96, dtype=dtype, generator=generator)
+    expected = _reference(a, b)
+    aligned = products.product(a, b)
+    buffer = torch.empty(333 * 96 + 1, dtype=dtype)
+    unaligned = products.product(a, b, out=buffer[1:].view(333, 96))
+    for result in (aligned, unaligned):
+        torch.testing.assert_close(result, expected, rtol=0, atol=_tolerance(dtype, 64))
+
+
+@compiled
+def test_results_do_not_depend_on_the_number_of_threads():
+    generator = torch.Generator().manual_seed(1)
+    a = torch.randn(4000, 64, generator=generator)
+    b = torch.randn(64, 960, generator=generator)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = products.product(a, b)
+        torch.set_num_threads(max(2, threads))
+        many = products.product(a, b)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, many)
+
+
+def test_inputs_the_compiled_product_does_not_take_go_to_torch(monkeypatch):
+    """A transposed view, another dtype, an output of another shape or layout: torch.mm computes
+    them (and raises torch's errors)."""
+    spy = _Spy(monkeypatch)
+    generator = torch.Generator().manual_seed(2)
+    a = torch.randn(64, 200, generator=generator)
+    b = torch.randn(64, 32, generator=generator)
+    transposed = a.t()  # (200, 64), not contiguous
+    torch.testing.assert_close(products.product(transposed, b), _reference(transposed, b), rtol=0, atol=1e-5)
+    out = torch.empty(32, 200).t()
+    products.product(transposed, b.t().contiguous().t(), out=out)
+    assert spy.calls == 0
+    with pytest.raises(RuntimeError):
+        products.product(transposed, b.double())
+
+
+@pytest.mark.parametrize("available", [True, False])
+def test_product_transposed_is_a_times_b_transposed(monkeypatch, available):
+    if not available:
+        monkeypatch.setattr(products, "_library", lambda: None)
+    generator = torch.Generator().manual_seed(3)
+    a = torch.randn(2500, 960, generator=generator)
+    b = torch.randn(64, 960, generator=generator)
+    expected = _reference(a, b.t())
+    out = torch.empty(2500, 64)
+    for got in (products.product_transposed(a, b), products.product_transposed(a, b, out=out)):
+        torch.testing.assert_close(got, expected, rtol=0, atol=_tolerance(torch.float32, 960))

@@ -15,7 +15,7 @@ from .derived import parameter_list
 from .edge_table import EdgeBlock
 from . import layout, native
 from .mlp import RadialMLP
-from .products import product_transposed
+from .products import product, product_transposed
 
 
 #: radial weights of one convolution call up to this size (one row per pair of reverse edges)
@@ -214,7 +214,7 @@ class _MessageSums(torch.autograd.Function):
             # the kernels sum the two slots of each pair into the pair's row: one product per pair
             grad_pairs = _pair_weight_gradients(conv, compiled, blocks, sh_tables, x, atoms, grad_out, pair_weights,
                                                 grad_sh, grad_x, work)
-            grad_hidden = product_transposed(grad_pairs, output_matrix_d)
+            grad_hidden = product_transposed(grad_pairs, output_matrix_d, out=work("grad_hidden", *hidden_shape))
             if grad_output_matrix is not None:
                 grad_output_matrix.addmm_(hidden.t(), grad_pairs)
         else:
@@ -240,7 +240,8 @@ class _MessageSums(torch.autograd.Function):
                                            grad_sh_block, grad_weights.view(n, k, -1), gx_block, work)
                     grad_x.index_add_(0, block.senders, gx_block.view(n * k, -1))
                 # through R = hidden @ output_matrix, to the pairs (empty slots add zero to pair 0)
-                grad_hidden.index_add_(0, block.pairs, product_transposed(grad_weights, output_matrix_d))
+                grad_hidden.index_add_(0, block.pairs, product_transposed(
+                    grad_weights, output_matrix_d, out=work("grad_slot_hidden", n * k, hidden_shape[1])))
                 if grad_output_matrix is not None:
                     grad_output_matrix.addmm_(hidden.index_select(0, block.pairs).t(), grad_weights)
         grad_x = grad_x.sum(0) if compiled is not None else layout.from_atom_rows(grad_x, conv.irreps_in)
@@ -282,7 +283,7 @@ def _pair_weights(conv: "TensorProductConv", hidden, output_matrix):
     """``hidden @ output_matrix``, the ``(P, W)`` radial weights of the pairs, written into the
     spare array that the previous call of ``conv`` gave back (see :func:`_spare`)."""
     shape = (hidden.shape[0], output_matrix.shape[1])
-    return torch.mm(hidden, output_matrix, out=_spare(conv, "pair_weights", shape, hidden))
+    return product(hidden, output_matrix, out=_spare(conv, "pair_weights", shape, hidden))
 
 
 def _pre_activations(conv: "TensorProductConv", embedding, work, spare: bool) -> List[torch.Tensor]:
@@ -340,7 +341,7 @@ def _slot_weights(block: EdgeBlock, hidden, output_matrix, pair_weights, work, g
     out = work("weights", block.n * block.slots, output_matrix.shape[1])
     if pair_weights is not None:
         return torch.index_select(pair_weights, 0, block.pairs, out=out), None
-    return torch.mm(hidden.index_select(0, block.pairs), output_matrix, out=out), None
+    return product(hidden.index_select(0, block.pairs), output_matrix, out=out), None
 
 
 def _message_sums_backward(conv: "TensorProductConv", block: EdgeBlock, sh_block, weights, x, grad_sums,

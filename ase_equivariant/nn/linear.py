@@ -8,6 +8,7 @@ from torch.autograd.function import once_differentiable
 from ..o3 import Irreps
 from .derived import derived, parameter_list
 from .layout import num_atoms
+from .products import product
 
 
 class _Product(NamedTuple):
@@ -81,7 +82,7 @@ class _BlockProducts(torch.autograd.Function):
 def _product_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, overwrite: bool):
     """``out = a @ b`` if ``overwrite``, else ``out += a @ b``."""
     if overwrite:
-        torch.mm(a, b, out=out)
+        product(a, b, out=out)
     else:
         out.addmm_(a, b)
 

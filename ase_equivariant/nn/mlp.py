@@ -6,6 +6,7 @@ from torch import nn
 
 from .activations import ScaledActivation
 from .derived import derived, parameter_list
+from .products import product, product_transposed
 
 
 class RadialMLP(nn.Module):
@@ -48,7 +49,7 @@ class RadialMLP(nn.Module):
         (``work(name, *shape)``; valid until the next request of ``"radial.*"``). Differentiated
         by :meth:`hidden_backward`, not by autograd."""
         for k, w in enumerate(self.hidden_weights()):
-            a = torch.mm(x, w, out=pre[k])
+            a = product(x, w, out=pre[k])
             x = self.act.f_into(a, work(f"radial.{k % 2}", *a.shape))
         return x
 
@@ -67,8 +68,8 @@ class RadialMLP(nn.Module):
             if need_weights[k]:
                 inputs = x if k == 0 else self.act.f(pre[k - 1])
                 grad_weights[k] = (inputs.t() @ grad_pre) * factors[k]
-            grad = grad_pre @ weights[k].t() if k == 0 else \
-                torch.mm(grad_pre, weights[k].t(), out=work("radial.grad", grad_pre.shape[0], weights[k].shape[0]))
+            out = None if k == 0 else work("radial.grad", grad_pre.shape[0], weights[k].shape[0])
+            grad = product_transposed(grad_pre, weights[k], out=out)
         return grad, grad_weights
 
     def output_matrix(self, columns: torch.Tensor, factor: float = 1.0) -> torch.Tensor:

@@ -1,43 +1,102 @@
-"""A matrix product that torch's default CPU path (MKL) runs well below this machine's rate."""
+"""The network's matrix products: tall and thin, which torch's CPU BLAS runs well below this
+machine's rate.
+
+The products of the radial MLPs have one row per pair of atoms (tens of thousands) and at most
+~1000 columns, those of the linear layers one row per atom and component; SevenNet-0's largest,
+``(P, 64) @ (64, 960)``, runs in MKL at about half of its square sgemm rate on an AVX-512
+processor, and in a compiled product (``products.c``, built on first use by
+:mod:`ase_equivariant.compiled`) at about the square rate. :func:`product` uses the
+compiled one on CPUs with AVX-512 (where it was measured: ``benchmarks/README.md``) for shapes
+it is written for, and ``torch.mm`` everywhere else (other devices and processors, small
+products, or ``ASE_EQUIVARIANT_NATIVE=0``).
+"""
+import ctypes
 import functools
-import platform
+from pathlib import Path
+from typing import Optional
 
 import torch
 
-#: below this many rows MKL is as fast or faster (36 rows: oneDNN takes 1.6x its time)
-ONEDNN_MIN_ROWS = 512
+from .. import compiled
+
+SOURCE = Path(__file__).with_name("products.c")
+
+#: the compiled product's vectors, in bytes, on the processors where it is used
+VECTOR_BYTES = 64
+#: products with fewer rows go to ``torch.mm`` (a molecule's few pairs: the call costs more)
+MIN_ROWS = 64
+#: the compiled product reads ``b`` from the second-level cache: larger ones go to ``torch.mm``
+MAX_B_BYTES = 1 << 19
+#: outputs of at least this size are stored around the caches (they do not fit in them: a
+#: cached store would first read each line from memory)
+STREAM_BYTES = 1 << 25
+#: multiply-adds per thread worth starting it for
+WORK_PER_THREAD = 1 << 18
+
+
+class _Library:
+    """The library built from ``products.c``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        library = ctypes.CDLL(str(path))
+        self.vector_bytes = library.vector_bytes()
+        self._functions = {torch.float32: library.product_f32, torch.float64: library.product_f64}
+        for function in self._functions.values():
+            function.restype = None
+            function.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 3 + [ctypes.c_int] * 2
+
+    def product(self, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor):
+        """``out ← a @ b`` for contiguous CPU tensors of one dtype (see ``products.c``)."""
+        (m, k), n = a.shape, b.shape[1]
+        threads = max(1, min(torch.get_num_threads(), m * k * n // WORK_PER_THREAD))
+        self._functions[a.dtype](m, k, n, a.data_ptr(), b.data_ptr(), out.data_ptr(), threads,
+                                 int(out.numel() * out.element_size() >= STREAM_BYTES))
 
 
 @functools.lru_cache(maxsize=None)
-def onednn() -> bool:
-    """Whether to use oneDNN's fully connected layer (``torch.ops.mkldnn._linear_pointwise``, an
-    operation of torch's CPU build that its compiler uses): on x86-64 processors (where it was
-    measured), if this torch has it with the signature used here (checked once, on a small
-    product)."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    try:
-        a, b = torch.ones(2, 3), torch.ones(4, 3)
-        return bool(torch.backends.mkldnn.is_available() and torch.equal(_onednn_product(a, b), a @ b.t()))
-    except (AttributeError, RuntimeError, TypeError):
-        return False
+def _library() -> Optional[_Library]:
+    """The compiled product, built on first use, if it is used on this processor; ``None`` if not,
+    if disabled (``ASE_EQUIVARIANT_NATIVE=0``), or if it cannot be built here (a warning says why,
+    once)."""
+    library = compiled.load(SOURCE, _Library, "torch.mm")
+    return library if library is not None and library.vector_bytes == VECTOR_BYTES else None
 
 
-def _onednn_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b.t()`` by oneDNN's fully connected layer (no bias, no activation)."""
-    return torch.ops.mkldnn._linear_pointwise(a.contiguous(), b.contiguous(), None, "none", [], "")
+def _compiled(a: torch.Tensor, b: torch.Tensor, out: Optional[torch.Tensor]) -> Optional[_Library]:
+    """The compiled product if it computes ``a @ b`` (into ``out``) here, else ``None``."""
+    if a.device.type != "cpu" or a.dtype not in (torch.float32, torch.float64) or b.dtype != a.dtype \
+            or a.dim() != 2 or b.dim() != 2 or a.shape[0] < MIN_ROWS or not a.is_contiguous():
+        return None
+    lanes = VECTOR_BYTES // a.element_size()
+    if b.shape[1] % lanes or b.numel() * b.element_size() > MAX_B_BYTES:
+        return None
+    if out is not None and (not out.is_contiguous() or out.dtype != a.dtype or out.device != a.device
+                            or out.shape != (a.shape[0], b.shape[1])):
+        return None
+    return _library()
 
 
-def product_transposed(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b.t()`` as a new ``(M, N)`` tensor, for ``a`` ``(M, K)`` and ``b`` ``(N, K)`` of one
-    dtype and device. No autograd (for use inside backward passes).
+def product(a: torch.Tensor, b: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``a @ b`` for ``a`` ``(M, K)`` and ``b`` ``(K, N)`` of one dtype and device, written into
+    ``out`` ``(M, N)`` if given (as ``torch.mm(a, b, out=out)``) and returned. No autograd (for
+    the hand-written passes of the radial MLPs and linear layers).
 
-    On the CPU in float32, from :data:`ONEDNN_MIN_ROWS` rows, oneDNN computes it where torch has
-    it (:func:`onednn`): for the radial weights' gradients through the MLP's output matrix
-    (``(P, 960) @ (960, 64)``, P pairs) it runs at 1.2–1.7× MKL's rate (the larger P, the more;
-    ``benchmarks/README.md``). Elsewhere ``torch.mm``.
+    On AVX-512 CPUs in float32 and float64, from :data:`MIN_ROWS` rows, with ``N`` a multiple of
+    the vectors' length and ``b`` of at most :data:`MAX_B_BYTES`, the compiled product computes
+    it (each element a sum over ``k`` in order, whatever the number of threads); elsewhere
+    ``torch.mm``.
     """
-    if a.device.type == "cpu" and a.dtype == torch.float32 and b.dtype == torch.float32 \
-            and a.shape[0] >= ONEDNN_MIN_ROWS and onednn():
-        return _onednn_product(a, b)
-    return torch.mm(a, b.t())
+    library = _compiled(a, b, out)
+    if library is None:
+        return torch.mm(a, b) if out is None else torch.mm(a, b, out=out)
+    if out is None:
+        out = a.new_empty(a.shape[0], b.shape[1])
+    library.product(a, b.contiguous(), out)
+    return out
+
+
+def product_transposed(a: torch.Tensor, b: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``a @ b.t()`` for ``a`` ``(M, K)`` and ``b`` ``(N, K)``: :func:`product` with ``b``
+    transposed (a copy of it, for the compiled product)."""
+    return product(a, b.t(), out)
