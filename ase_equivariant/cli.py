@@ -356,10 +356,12 @@ def _machine(calc, model: str) -> str:
     kernels = ""
     if calc.device.type == "cpu":
         from . import neighbors
-        from .nn import native
+        from .nn import native, products
         kernels = ", compiled kernels" if native.kernels() is not None else ", pure-torch convolution"
         if neighbors._compiled_search() is None:
             kernels += ", pure-torch neighbour search"
+        if products._library() is not None:
+            kernels += ", compiled matrix products"
     return (f"model {model} ({str(calc.dtype).replace('torch.', '')}, {calc.device}, "
             f"{threads} torch thread{'s' if threads != 1 else ''}{kernels})")
 
