@@ -22,6 +22,14 @@ def energies_of(net, atoms):
     return e.double().numpy()
 
 
+def forces_of(net, atoms):
+    """-dE/dr (N, 3) as a float64 numpy array (the backward passes, and what they keep)."""
+    positions, *rest = model_inputs(net, atoms)
+    positions.requires_grad_(True)
+    energy = net(positions, *rest).sum()
+    return -torch.autograd.grad(energy, positions)[0].double().numpy()
+
+
 def small_cell():
     atoms = bulk("Cu", "fcc", a=3.7, cubic=True)
     atoms.numbers[[1, 2]] = [13, 8]
@@ -130,24 +138,29 @@ def test_save_load_round_trip(tmp_path):
 
 
 def test_frozen_weights_changed_after_a_call_are_used():
-    """Tensors derived from frozen weights (scaled matrices, kept between calls: nn/derived.py)
-    follow the weights: changed in place, loaded from a state dict, or moved to another dtype."""
+    """Tensors derived from frozen weights (scaled matrices and, for the backward passes, their
+    transposes, kept between calls: nn/derived.py) follow the weights: changed in place, loaded
+    from a state dict, or moved to another dtype."""
     atoms = small_cell()
     model = random_model(species=(1, 8, 13, 29), channels=8, num_blocks=2, seed=5, dtype="float64")
     other = random_model(species=(1, 8, 13, 29), channels=8, num_blocks=2, seed=6, dtype="float64")
     for net in (model, other):
         net.requires_grad_(False)
-    expected = energies_of(other, atoms)
-    energies_of(model, atoms)  # fills the caches
+    expected, expected_forces = energies_of(other, atoms), forces_of(other, atoms)
+    energies_of(model, atoms), forces_of(model, atoms)  # fill the caches
     model.load_state_dict(other.state_dict())  # copies in place
     np.testing.assert_array_equal(energies_of(model, atoms), expected)
+    np.testing.assert_array_equal(forces_of(model, atoms), expected_forces)
     with torch.no_grad():
         for w in model.parameters():
             w.mul_(1.1)
     assert not np.allclose(energies_of(model, atoms), expected)
+    assert not np.allclose(forces_of(model, atoms), expected_forces)
     model.load_state_dict(other.state_dict())
     np.testing.assert_array_equal(energies_of(model, atoms), expected)
+    np.testing.assert_array_equal(forces_of(model, atoms), expected_forces)
     np.testing.assert_allclose(energies_of(model.float(), atoms), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(forces_of(model, atoms), expected_forces, rtol=1e-4, atol=1e-4)
     model.double().load_state_dict(other.state_dict())
     # weights that require gradients are differentiated through, as in a model never frozen
     model.requires_grad_(True)

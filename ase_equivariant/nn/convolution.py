@@ -15,7 +15,7 @@ from .derived import parameter_list
 from .edge_table import EdgeBlock
 from . import layout, native
 from .mlp import RadialMLP
-from .products import product, product_transposed
+from .products import product
 
 
 #: radial weights of one convolution call up to this size (one row per pair of reverse edges)
@@ -202,6 +202,9 @@ class _MessageSums(torch.autograd.Function):
         else:  # the activations: only for the output matrix's gradient (training)
             hidden = (conv.radial.act.f(pre[-1]) if pre else embedding) if need_weights[-1] else None
         output_matrix_d = output_matrix.detach()
+        # the products back through it take its transpose (kept while frozen)
+        output_matrix_t = conv.radial.output_matrix(conv._weight_columns, 1 / conv.denominator,
+                                                    transposed=True).detach()
         grad_output_matrix = torch.zeros_like(output_matrix) if need_weights[-1] else None
         compiled = conv._compiled_kernels(x)
         if compiled is not None:  # the compiled kernels add the gradient of x into an array per thread
@@ -214,7 +217,7 @@ class _MessageSums(torch.autograd.Function):
             # the kernels sum the two slots of each pair into the pair's row: one product per pair
             grad_pairs = _pair_weight_gradients(conv, compiled, blocks, sh_tables, x, atoms, grad_out, pair_weights,
                                                 grad_sh, grad_x, work)
-            grad_hidden = product_transposed(grad_pairs, output_matrix_d, out=work("grad_hidden", *hidden_shape))
+            grad_hidden = product(grad_pairs, output_matrix_t, out=work("grad_hidden", *hidden_shape))
             if grad_output_matrix is not None:
                 grad_output_matrix.addmm_(hidden.t(), grad_pairs)
         else:
@@ -240,8 +243,8 @@ class _MessageSums(torch.autograd.Function):
                                            grad_sh_block, grad_weights.view(n, k, -1), gx_block, work)
                     grad_x.index_add_(0, block.senders, gx_block.view(n * k, -1))
                 # through R = hidden @ output_matrix, to the pairs (empty slots add zero to pair 0)
-                grad_hidden.index_add_(0, block.pairs, product_transposed(
-                    grad_weights, output_matrix_d, out=work("grad_slot_hidden", n * k, hidden_shape[1])))
+                grad_hidden.index_add_(0, block.pairs, product(
+                    grad_weights, output_matrix_t, out=work("grad_slot_hidden", n * k, hidden_shape[1])))
                 if grad_output_matrix is not None:
                     grad_output_matrix.addmm_(hidden.index_select(0, block.pairs).t(), grad_weights)
         grad_x = grad_x.sum(0) if compiled is not None else layout.from_atom_rows(grad_x, conv.irreps_in)

@@ -6,7 +6,7 @@ from torch import nn
 
 from .activations import ScaledActivation
 from .derived import derived, parameter_list
-from .products import product, product_transposed
+from .products import product
 
 
 class RadialMLP(nn.Module):
@@ -60,6 +60,7 @@ class RadialMLP(nn.Module):
         ``x`` (a new ``(E, sizes[0])`` tensor), and to each hidden layer's weight parameter where
         ``need_weights[k]`` (else ``None``). Intermediates live in ``work``'s scratch space."""
         weights, factors = self.hidden_weights(), self.factors
+        transposed = derived(self, "hidden_transposed", weights, lambda: [w.t().contiguous() for w in weights])
         grad_weights = [None] * len(weights)
         if not weights:
             return grad.clone(), grad_weights
@@ -69,15 +70,17 @@ class RadialMLP(nn.Module):
                 inputs = x if k == 0 else self.act.f(pre[k - 1])
                 grad_weights[k] = (inputs.t() @ grad_pre) * factors[k]
             out = None if k == 0 else work("radial.grad", grad_pre.shape[0], weights[k].shape[0])
-            grad = product_transposed(grad_pre, weights[k], out=out)
+            grad = product(grad_pre, transposed[k], out=out)
         return grad, grad_weights
 
-    def output_matrix(self, columns: torch.Tensor, factor: float = 1.0) -> torch.Tensor:
+    def output_matrix(self, columns: torch.Tensor, factor: float = 1.0, transposed: bool = False) -> torch.Tensor:
         """The last layer's output ``columns`` (int64 indices, in that order) as a
         ``(sizes[-2], len(columns))`` matrix to apply to :meth:`hidden`'s activations, normalisation
-        and activation scale included, times ``factor``."""
+        and activation scale included, times ``factor``; with ``transposed``, its transpose as a
+        contiguous ``(len(columns), sizes[-2])`` matrix (for the backward pass)."""
         last = parameter_list(self.weights)[-1]
 
         def compute():
-            return last.index_select(1, columns) * (factor * self.factors[-1])
-        return derived(self, ("output", factor), [last, columns], compute)
+            matrix = last.index_select(1, columns) * (factor * self.factors[-1])
+            return matrix.t().contiguous() if transposed else matrix
+        return derived(self, ("output", factor, transposed), [last, columns], compute)

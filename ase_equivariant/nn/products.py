@@ -85,7 +85,8 @@ def product(a: torch.Tensor, b: torch.Tensor, out: Optional[torch.Tensor] = None
     On AVX-512 CPUs in float32 and float64, from :data:`MIN_ROWS` rows, with ``N`` a multiple of
     the vectors' length and ``b`` of at most :data:`MAX_B_BYTES`, the compiled product computes
     it (each element a sum over ``k`` in order, whatever the number of threads); elsewhere
-    ``torch.mm``.
+    ``torch.mm``. The compiled product reads ``b`` contiguous: a transposed or sliced ``b`` is
+    copied at every call (the backward passes keep transposed copies of frozen weights).
     """
     library = _compiled(a, b, out)
     if library is None:
@@ -95,8 +96,3 @@ def product(a: torch.Tensor, b: torch.Tensor, out: Optional[torch.Tensor] = None
     library.product(a, b.contiguous(), out)
     return out
 
-
-def product_transposed(a: torch.Tensor, b: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``a @ b.t()`` for ``a`` ``(M, K)`` and ``b`` ``(N, K)``: :func:`product` with ``b``
-    transposed (a copy of it, for the compiled product)."""
-    return product(a, b.t(), out)
