@@ -103,6 +103,9 @@ def test_inputs_the_compiled_product_does_not_take_go_to_torch(monkeypatch):
     assert spy.calls == 0
     with pytest.raises(RuntimeError):
         products.product(transposed, b.double())
+    with pytest.raises(RuntimeError):  # shapes that do not chain: torch's error, no read past b
+        products.product(torch.randn(100, 64), torch.randn(63, 32))
+    assert spy.calls == 0
 
 
 @pytest.mark.parametrize("available", [True, False])

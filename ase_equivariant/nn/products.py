@@ -67,7 +67,8 @@ def _library() -> Optional[_Library]:
 def _compiled(a: torch.Tensor, b: torch.Tensor, out: Optional[torch.Tensor]) -> Optional[_Library]:
     """The compiled product if it computes ``a @ b`` (into ``out``) here, else ``None``."""
     if a.device.type != "cpu" or a.dtype not in (torch.float32, torch.float64) or b.dtype != a.dtype \
-            or a.dim() != 2 or b.dim() != 2 or a.shape[0] < MIN_ROWS or not a.is_contiguous():
+            or b.device != a.device or a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0] \
+            or a.shape[0] < MIN_ROWS or not a.is_contiguous():
         return None
     lanes = VECTOR_BYTES // a.element_size()
     if b.shape[1] % lanes or b.numel() * b.element_size() > MAX_B_BYTES:
