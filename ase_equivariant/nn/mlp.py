@@ -60,10 +60,10 @@ class RadialMLP(nn.Module):
         ``x`` (a new ``(E, sizes[0])`` tensor), and to each hidden layer's weight parameter where
         ``need_weights[k]`` (else ``None``). Intermediates live in ``work``'s scratch space."""
         weights, factors = self.hidden_weights(), self.factors
-        transposed = derived(self, "hidden_transposed", weights, lambda: [w.t().contiguous() for w in weights])
         grad_weights = [None] * len(weights)
         if not weights:
             return grad.clone(), grad_weights
+        transposed = derived(self, "hidden_transposed", weights, lambda: [w.t().contiguous() for w in weights])
         for k in reversed(range(len(weights))):
             grad_pre = self.act.derivative_into(grad, pre[k], work("radial.grad_pre", *pre[k].shape))
             if need_weights[k]:

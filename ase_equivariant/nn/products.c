@@ -104,18 +104,12 @@ INLINE void CAT(tile, SUFFIX)(const int NV, const int nr, const T *a, int64_t K,
         for (int v = 0; v < NV; ++v) CAT(store, SUFFIX)(c + r * W + v * LANES, acc[r][v], stream);
 }
 
-/* Rows 0 .. nr-1 (nr <= RT) of c ← those of a @ b, every column. */
+/* Rows 0 .. nr-1 (nr <= RT) of c ← those of a @ b, every column (W a multiple of LANES). */
 INLINE void CAT(tile_row, SUFFIX)(const int nr, const T *a, int64_t K, const T *b, int64_t W, T *c, int stream)
 {
     int64_t c0 = 0;
     for (; c0 + CT * LANES <= W; c0 += CT * LANES) CAT(tile, SUFFIX)(CT, nr, a, K, b + c0, W, c + c0, stream);
-    for (; c0 + LANES <= W; c0 += LANES) CAT(tile, SUFFIX)(1, nr, a, K, b + c0, W, c + c0, stream);
-    for (; c0 < W; ++c0) /* columns left over when W is no multiple of LANES */
-        for (int r = 0; r < nr; ++r) {
-            T sum = 0;
-            for (int64_t k = 0; k < K; ++k) sum += a[r * K + k] * b[k * W + c0];
-            c[r * W + c0] = sum;
-        }
+    for (; c0 < W; c0 += LANES) CAT(tile, SUFFIX)(1, nr, a, K, b + c0, W, c + c0, stream);
 }
 
 /* c (P, W) ← a (P, K) @ b (K, W), on `threads` threads; see the top of the file. */
