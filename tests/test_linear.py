@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from ase_equivariant.nn import linear, products
 from ase_equivariant.nn.layout import blocks
 from ase_equivariant.nn.linear import EquivariantLinear
 from ase_equivariant.o3 import Irreps
@@ -66,3 +67,36 @@ def test_linear_refuses_features_of_the_wrong_shape():
     layer = EquivariantLinear(IRREPS_IN, IRREPS_OUT)
     with pytest.raises(ValueError, match="1-D tensor of N"):
         layer(torch.randn(3, Irreps(IRREPS_IN).dim))
+
+
+# widths that the compiled block products take (multiples of 16): 1o has two sources, 0o none,
+# 2e's output has no channels (so 2e's gradient sums over nothing: zero)
+WIDE_IN, WIDE_OUT = "32x0e+16x1o+16x2e+32x1o", "16x1o+32x0e+16x0o+0x2e"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("atoms, frozen", [(67, True), (1, True), (67, False)])
+def test_linear_in_compiled_block_products(monkeypatch, dtype, atoms, frozen):
+    """Where the compiled products are used, the layer makes one call per pass and gives the
+    definition's output and input gradient (frozen, with the packed weights kept; or not)."""
+    calls = []
+    original = products.block_products
+
+    def spy(*args):
+        calls.append(original(*args))
+        return calls[-1]
+    monkeypatch.setattr(linear, "block_products", spy)
+    torch.manual_seed(2)
+    layer = EquivariantLinear(WIDE_IN, WIDE_OUT).to(dtype).requires_grad_(not frozen)
+    x = torch.randn(atoms * Irreps(WIDE_IN).dim, dtype=dtype, requires_grad=True)
+    layer(x)
+    y = layer(x)
+    g = torch.randn_like(y)
+    (grad,) = torch.autograd.grad(y, x, g)
+    x64 = x.detach().double().requires_grad_(True)
+    reference = by_definition(layer.double(), x64, atoms)
+    (grad_reference,) = torch.autograd.grad(reference, x64, g.double())
+    tolerance = dict(rtol=0, atol=1e-5 if dtype == torch.float32 else 1e-12)
+    torch.testing.assert_close(y.double(), reference, **tolerance)
+    torch.testing.assert_close(grad.double(), grad_reference, **tolerance)
+    assert calls == [products._library() is not None] * 3

@@ -121,3 +121,89 @@ def test_a_transposed_right_hand_matrix(monkeypatch, available):
     out = torch.empty(2500, 64)
     for got in (products.product(a, b), products.product(a, b, out=out)):
         torch.testing.assert_close(got, expected, rtol=0, atol=_tolerance(torch.float32, 960))
+
+
+def _block_reference(table, n, a, b):
+    """The products of ``table`` one by one in float64 (blocks no entry writes stay NaN)."""
+    out = torch.full((n * table.c_columns,), float("nan"), dtype=torch.float64)
+    for a_start, c_start, dim, k, w, offset, add in table.entries:
+        rows = a.double()[n * a_start:n * (a_start + dim * k)].view(n * dim, k)
+        y = rows @ b.double()[offset:offset + k * w].view(k, w)
+        block = out[n * c_start:n * (c_start + dim * w)].view(n * dim, w)
+        block.copy_(block + y if add else y)
+    return out
+
+
+#: a layer's products: three output blocks, the second with two sources (the second adds), the
+#: third summing over nothing (K = 0: zero); then one without columns (W = 0)
+TABLE = [(0, 0, 1, 24, 32, 0, False),
+         (24, 32, 3, 16, 16, 768, False), (72, 32, 3, 8, 16, 1024, True),
+         (96, 80, 5, 0, 16, 1152, False),
+         (96, 160, 5, 16, 0, 1152, False)]
+
+
+@compiled
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [0, 1, 5, 67])
+def test_block_products_are_their_products(monkeypatch, dtype, n):
+    """Every entry of a table, overwriting and adding, whole and partial tiles of rows, in one
+    compiled call (on two threads however small: each tile's products are one thread's)."""
+    monkeypatch.setattr(products, "WORK_PER_THREAD", 1)
+    table = products.BlockTable(TABLE)
+    generator = torch.Generator().manual_seed(n)
+    a = torch.randn(n * table.a_columns, dtype=dtype, generator=generator)
+    b = torch.randn(table.b_numel, dtype=dtype, generator=generator)
+    out = torch.full((n * table.c_columns,), float("nan"), dtype=dtype)
+    assert products.block_products(table, n, a, b, out)
+    expected = _block_reference(table, n, a, b)
+    torch.testing.assert_close(out, expected.to(dtype), rtol=0, atol=_tolerance(dtype, 24), equal_nan=True)
+    assert not out[n * 80:n * 160].any()  # the block of K = 0
+
+
+@compiled
+def test_block_products_do_not_depend_on_the_number_of_threads(monkeypatch):
+    monkeypatch.setattr(products, "WORK_PER_THREAD", 1)
+    table = products.BlockTable(TABLE)
+    generator = torch.Generator().manual_seed(4)
+    n = 301
+    a = torch.randn(n * table.a_columns, generator=generator)
+    b = torch.randn(table.b_numel, generator=generator)
+    results, threads = [], torch.get_num_threads()
+    try:
+        for count in (1, max(2, threads), 3):
+            torch.set_num_threads(count)
+            out = torch.empty(n * table.c_columns)
+            products.block_products(table, n, a, b, out)
+            results.append(out)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(results[0][:n * 160], r[:n * 160]) for r in results[1:])
+
+
+def test_block_products_the_compiled_product_does_not_take(monkeypatch):
+    """Columns no multiple of the vectors' length, another device or dtype, a strided array, or no
+    compiled library: nothing done, ``False`` (the caller forms the products itself)."""
+    table = products.BlockTable(TABLE)
+    n = 3
+    a, b, out = torch.randn(n * table.a_columns), torch.randn(table.b_numel), torch.zeros(n * table.c_columns)
+    odd = products.BlockTable([(0, 0, 1, 24, 7, 0, False)])
+    assert not products.block_products(odd, n, a, b, out)
+    assert not products.block_products(table, n, a.double(), b, out)
+    assert not products.block_products(table, n, a, torch.randn(2 * table.b_numel)[::2], out)
+    if products._library() is not None:
+        assert products.block_products(table, n, a, b, out)
+    monkeypatch.setattr(products, "_library", lambda: None)
+    out.zero_()
+    assert not products.block_products(table, n, a, b, out) and not out.any()
+
+
+def test_block_products_refuse_arrays_too_small_and_tables_out_of_order():
+    table = products.BlockTable(TABLE)
+    n = 3
+    a, b = torch.randn(n * table.a_columns), torch.randn(table.b_numel)
+    with pytest.raises(ValueError, match="need at least"):
+        products.block_products(table, n, a, b, torch.empty(n * table.c_columns - 1))
+    with pytest.raises(ValueError, match="need at least"):
+        products.block_products(table, n + 1, a, b, torch.empty((n + 1) * table.c_columns))
+    with pytest.raises(ValueError, match="adds to a block"):
+        products.BlockTable([(0, 0, 1, 24, 32, 0, False), (0, 32, 1, 24, 32, 0, True)])

@@ -8,7 +8,7 @@ from torch.autograd.function import once_differentiable
 from ..o3 import Irreps
 from .derived import derived, parameter_list
 from .layout import num_atoms
-from .products import product
+from .products import BlockTable, block_products, product
 
 
 class _Product(NamedTuple):
@@ -28,6 +28,7 @@ class _Product(NamedTuple):
     row: int
     first: bool
     first_read: bool
+    offset: int  # of its weights in the packed matrices (:meth:`EquivariantLinear._packed_weights`)
 
     def rows_in(self, x: torch.Tensor, n: int) -> torch.Tensor:
         """The source block of the features ``x`` of ``n`` atoms as an ``(n * dim, mul)`` matrix."""
@@ -52,8 +53,10 @@ class _BlockProducts(torch.autograd.Function):
         x = x.contiguous()
         n = num_atoms(x, layer.irreps_in)
         out = x.new_empty(n * layer.irreps_out.dim)
-        for p in layer._products:
-            _product_into(p.rows_out(out, n), p.rows_in(x, n), weights[p.block][p.row:p.row + p.mul], p.first)
+        packed = layer._packed_weights(weights, transposed=False)
+        if not block_products(layer._forward_table, n, x, packed, out):
+            for p in layer._products:
+                _product_into(p.rows_out(out, n), p.rows_in(x, n), layer._matrix(packed, p, False), p.first)
         _zero_blocks(out, layer._sourceless, n)
         ctx.layer, ctx.n = layer, n
         ctx.save_for_backward(x if any(ctx.needs_input_grad[2:]) else None, *weights)
@@ -68,8 +71,11 @@ class _BlockProducts(torch.autograd.Function):
         grad_x = None
         if ctx.needs_input_grad[1]:
             grad_x = grad_out.new_empty(n * layer.irreps_in.dim)
-            for p, transposed in zip(layer._products, layer._transposed_weights(weights)):
-                _product_into(p.rows_in(grad_x, n), p.rows_out(grad_out, n), transposed, p.first_read)
+            packed = layer._packed_weights(weights, transposed=True)
+            if not block_products(layer._backward_table, n, grad_out, packed, grad_x):
+                for p in layer._products:
+                    _product_into(p.rows_in(grad_x, n), p.rows_out(grad_out, n), layer._matrix(packed, p, True),
+                                  p.first_read)
             _zero_blocks(grad_x, layer._unread, n)
         grad_weights = [torch.zeros_like(w) if need else None for w, need in zip(weights, ctx.needs_input_grad[2:])]
         for p in layer._products:
@@ -118,21 +124,30 @@ class EquivariantLinear(nn.Module):
         in_slices, out_slices = self.irreps_in.slices(), self.irreps_out.slices()
         self._products: List[_Product] = []
         self._sourceless: List[slice] = []  # the output blocks without sources: zero
-        read, weights = set(), []
+        read, weights, offset = set(), [], 0
         for k, (mul_out, ir_out) in enumerate(self.irreps_out):
             row = 0
             for b, (mul, ir) in enumerate(self.irreps_in):
                 if ir == ir_out and mul > 0:
                     self._products.append(_Product(k, out_slices[k].start, in_slices[b].start, ir.dim, mul,
-                                                   mul_out, row, first=row == 0, first_read=b not in read))
+                                                   mul_out, row, first=row == 0, first_read=b not in read,
+                                                   offset=offset))
                     read.add(b)
                     row += mul
+                    offset += mul * mul_out
             if row == 0:
                 self._sourceless.append(out_slices[k])
             weights.append(nn.Parameter(torch.randn(row, mul_out)))
         self.weights = nn.ParameterList(weights)
         # the input blocks that no output reads: their gradient is zero
         self._unread = [s for b, s in enumerate(in_slices) if b not in read]
+        # the products for the compiled path: forward, output block by output block; backward,
+        # (x's gradient) input block by input block (a stable sort keeps first_read first)
+        self._forward_table = BlockTable([(p.in_start, p.out_start, p.dim, p.mul, p.mul_out, p.offset, not p.first)
+                                          for p in self._products])
+        self._backward_table = BlockTable([
+            (p.out_start, p.in_start, p.dim, p.mul_out, p.mul, p.offset, not p.first_read)
+            for p in sorted(self._products, key=lambda p: p.in_start)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N * irreps_in.dim,)`` → ``(N * irreps_out.dim,)``, both block after block (:mod:`.layout`)."""
@@ -144,13 +159,25 @@ class EquivariantLinear(nn.Module):
         weights = parameter_list(self.weights)
         return derived(self, "scaled", weights, lambda: [w * w.shape[0] ** -0.5 if len(w) else w for w in weights])
 
-    def _transposed_weights(self, weights: List[torch.Tensor]) -> List[torch.Tensor]:
-        """Per product of :attr:`_products`, its rows of the scaled ``weights`` transposed into a
-        contiguous ``(mul_out, mul)`` matrix, the backward pass's (kept while frozen, see
-        :func:`~.derived.derived`: the compiled products take contiguous matrices, and copying
-        them every call cost ~2 ms of a 108-atom call)."""
-        return derived(self, "transposed", weights, lambda: [
-            weights[p.block][p.row:p.row + p.mul].t().contiguous() for p in self._products])
+    def _packed_weights(self, weights: List[torch.Tensor], transposed: bool) -> torch.Tensor:
+        """One flat tensor of every product's rows of the scaled ``weights``
+        (:meth:`_scaled_weights`), product after product at :attr:`_Product.offset`, each a
+        contiguous ``(mul, mul_out)`` matrix, or ``(mul_out, mul)`` if ``transposed`` (the
+        backward pass's); kept while the layer's parameters are frozen (see
+        :func:`~.derived.derived`: the compiled products take one flat array, and copying the
+        transposes every call cost ~2 ms of a 108-atom call)."""
+        def pack():
+            matrices = [weights[p.block][p.row:p.row + p.mul] for p in self._products]
+            if not matrices:
+                return weights[0].new_empty(0) if weights else torch.empty(0)
+            return torch.cat([(m.t() if transposed else m).reshape(-1) for m in matrices])
+        return derived(self, "transposed" if transposed else "packed", parameter_list(self.weights), pack)
+
+    @staticmethod
+    def _matrix(packed: torch.Tensor, p: _Product, transposed: bool) -> torch.Tensor:
+        """Product ``p``'s matrix in ``packed`` (:meth:`_packed_weights`)."""
+        shape = (p.mul_out, p.mul) if transposed else (p.mul, p.mul_out)
+        return packed[p.offset:p.offset + p.mul * p.mul_out].view(shape)
 
     def extra_repr(self) -> str:
         return f"{self.irreps_in} -> {self.irreps_out}"

@@ -6,6 +6,8 @@
  * K and W at most ~1000, W a multiple of the vectors' length.
  * These shapes are far from the square ones BLAS libraries tune for: MKL runs
  * (18144, 64) @ (64, 960) at about half its square sgemm rate on an AVX-512 processor.
+ * block_products runs the several products of a linear layer in one call (on a molecule, the
+ * cost of a call and of starting threads per product was more than their arithmetic).
  *
  * The work is shared among `threads` OpenMP threads in contiguous ranges of tiles of RT rows
  * of c. A tile of RT rows by CT vectors of columns is summed in registers over k, with a row of
@@ -36,6 +38,8 @@
 #else
 #define VECTOR_BYTES 32
 #endif
+/* The work of a tile of an entry of block_products' table: its multiply-adds and stores per row. */
+#define COST(entry) (((entry)[3] + 1) * (entry)[4])
 /* A tile: RT rows of CT vectors, 16 accumulators (measured against 6 x 4, 8 x 3 and 4 x 4). */
 #define RT 8
 #define CT 2
@@ -82,15 +86,15 @@ INLINE void CAT(store, SUFFIX)(T *p, V v, int stream)
     *(V *)p = v;
 }
 
-/* Rows 0 .. nr-1 (nr <= RT) and columns 0 .. NV*LANES-1 of c ← those of a @ b (the pointers at
- * the tile's first row and column; rows of K in a, of W in b and c). NV (1 .. CT) and, for whole
- * tiles, nr are compile-time constants. */
+/* Rows 0 .. nr-1 (nr <= RT) and columns 0 .. NV*LANES-1 of c ← (with `add`: +=) those of a @ b
+ * (the pointers at the tile's first row and column; rows of K in a, of W in b and c). NV
+ * (1 .. CT), `add` and, for whole tiles, nr are compile-time constants. */
 INLINE void CAT(tile, SUFFIX)(const int NV, const int nr, const T *a, int64_t K, const T *b, int64_t W, T *c,
-                              int stream)
+                              int stream, const int add)
 {
     V acc[RT][CT];
     for (int r = 0; r < RT; ++r)
-        for (int v = 0; v < CT; ++v) acc[r][v] = (V){0};
+        for (int v = 0; v < CT; ++v) acc[r][v] = add && r < nr && v < NV ? *(const V *)(c + r * W + v * LANES) : (V){0};
     for (int64_t k = 0; k < K; ++k) {
         V bk[CT];
         for (int v = 0; v < NV; ++v) bk[v] = *(const V *)(b + k * W + v * LANES);
@@ -104,12 +108,24 @@ INLINE void CAT(tile, SUFFIX)(const int NV, const int nr, const T *a, int64_t K,
         for (int v = 0; v < NV; ++v) CAT(store, SUFFIX)(c + r * W + v * LANES, acc[r][v], stream);
 }
 
-/* Rows 0 .. nr-1 (nr <= RT) of c ← those of a @ b, every column (W a multiple of LANES). */
-INLINE void CAT(tile_row, SUFFIX)(const int nr, const T *a, int64_t K, const T *b, int64_t W, T *c, int stream)
+/* Rows 0 .. nr-1 (nr <= RT) of c ← (+=) those of a @ b, every column (W a multiple of LANES). */
+INLINE void CAT(tile_row, SUFFIX)(const int nr, const T *a, int64_t K, const T *b, int64_t W, T *c, int stream,
+                                  const int add)
 {
     int64_t c0 = 0;
-    for (; c0 + CT * LANES <= W; c0 += CT * LANES) CAT(tile, SUFFIX)(CT, nr, a, K, b + c0, W, c + c0, stream);
-    for (; c0 < W; c0 += LANES) CAT(tile, SUFFIX)(1, nr, a, K, b + c0, W, c + c0, stream);
+    for (; c0 + CT * LANES <= W; c0 += CT * LANES) CAT(tile, SUFFIX)(CT, nr, a, K, b + c0, W, c + c0, stream, add);
+    for (; c0 < W; c0 += LANES) CAT(tile, SUFFIX)(1, nr, a, K, b + c0, W, c + c0, stream, add);
+}
+
+/* Tiles lo .. hi-1 of RT rows of the P rows of c ← (+=) those of a @ b. */
+INLINE void CAT(tiles, SUFFIX)(int64_t lo, int64_t hi, int64_t P, int64_t K, int64_t W, const T *a, const T *b, T *c,
+                               int stream, const int add)
+{
+    for (int64_t i = lo; i < hi; ++i) {
+        const int64_t r0 = i * RT;
+        if (r0 + RT <= P) CAT(tile_row, SUFFIX)(RT, a + r0 * K, K, b, W, c + r0 * W, stream, add);
+        else CAT(tile_row, SUFFIX)((int)(P - r0), a + r0 * K, K, b, W, c + r0 * W, stream, add);
+    }
 }
 
 /* c (P, W) ← a (P, K) @ b (K, W), on `threads` threads; see the top of the file. */
@@ -123,13 +139,64 @@ void CAT(product, SUFFIX)(int64_t P, int64_t K, int64_t W, const T *a, const T *
 #else
         const int64_t thread = 0, team = 1;
 #endif
-        for (int64_t i = tiles * thread / team, end = tiles * (thread + 1) / team; i < end; ++i) {
-            const int64_t r0 = i * RT;
-            if (r0 + RT <= P) CAT(tile_row, SUFFIX)(RT, a + r0 * K, K, b, W, c + r0 * W, stream);
-            else CAT(tile_row, SUFFIX)((int)(P - r0), a + r0 * K, K, b, W, c + r0 * W, stream);
-        }
+        CAT(tiles, SUFFIX)(tiles * thread / team, tiles * (thread + 1) / team, P, K, W, a, b, c, stream, 0);
 #ifdef __AVX__
         if (stream) _mm_sfence(); /* this thread's stores around the caches, for whoever reads next */
+#endif
+    }
+}
+
+/* The products of a block-diagonal map (a linear layer) on the features of N atoms, stored
+ * block after block (ase_equivariant/nn/layout.py), in one call. Each of the n_entries rows
+ * of `table` (7 int64: a_start, c_start, dim, K, W, b_offset, add) is a product
+ *     c[N*c_start ..] as (N*dim, W)  ←  a[N*a_start ..] as (N*dim, K) @ b[b_offset ..] as (K, W),
+ * or += with add = 1: an entry with add = 0 overwrites its block of c, the add = 1 entries
+ * right after it add to the same block, in table order. The threads share the tiles of RT rows
+ * of all overwritten blocks in contiguous ranges of about equal work (a tile's: (K + 1) * W
+ * summed over its block's entries, the stores counted); each tile is one thread's, its entries run in table order, so results do
+ * not depend on the number of threads. With `stream`, blocks that no entry adds to are stored
+ * around the caches. */
+void CAT(block_products, SUFFIX)(int64_t N, int64_t n_entries, const int64_t *table, const T *a, const T *b, T *c,
+                                 int threads, int stream)
+{
+    int64_t total = 0; /* the work of all tiles */
+    for (int64_t e = 0; e < n_entries; ++e) total += (N * table[7 * e + 2] + RT - 1) / RT * COST(table + 7 * e);
+    #pragma omp parallel num_threads(threads)
+    {
+#ifdef _OPENMP
+        const int64_t thread = omp_get_thread_num(), team = omp_get_num_threads();
+#else
+        const int64_t thread = 0, team = 1;
+#endif
+        /* this thread's tiles: those whose work starts in [begin, end) */
+        const int64_t begin = total * thread / team, end = total * (thread + 1) / team;
+        int64_t first = 0; /* where the current block's work starts */
+        int streamed = 0;
+        for (int64_t e = 0; e < n_entries && first < end; ++e) {
+            if (table[7 * e + 6]) continue;
+            const int64_t P = N * table[7 * e + 2], block_tiles = (P + RT - 1) / RT;
+            int64_t tile_work = COST(table + 7 * e), f_end = e + 1;
+            for (; f_end < n_entries && table[7 * f_end + 6]; ++f_end) tile_work += COST(table + 7 * f_end);
+            if (tile_work == 0) continue; /* no columns: nothing to write */
+            int64_t lo = begin > first ? (begin - first + tile_work - 1) / tile_work : 0;
+            int64_t hi = end > first ? (end - first + tile_work - 1) / tile_work : 0;
+            lo = lo < block_tiles ? lo : block_tiles;
+            hi = hi < block_tiles ? hi : block_tiles;
+            const int adds = f_end > e + 1;
+            for (int64_t f = e; lo < hi && f < f_end; ++f) {
+                const int64_t *t = table + 7 * f, K = t[3], W = t[4];
+                const T *af = a + N * t[0], *bf = b + t[5];
+                T *cf = c + N * t[1];
+                if (f == e) CAT(tiles, SUFFIX)(lo, hi, P, K, W, af, bf, cf, stream && !adds, 0);
+                else CAT(tiles, SUFFIX)(lo, hi, P, K, W, af, bf, cf, 0, 1);
+            }
+            streamed |= stream && !adds && lo < hi;
+            first += block_tiles * tile_work;
+        }
+#ifdef __AVX__
+        if (streamed) _mm_sfence();
+#else
+        (void)streamed;
 #endif
     }
 }

@@ -8,12 +8,13 @@ processor, and in a compiled product (``products.c``, built on first use by
 :mod:`ase_equivariant.compiled`) at about the square rate. :func:`product` uses the
 compiled one on CPUs with AVX-512 (where it was measured: ``benchmarks/README.md``) for shapes
 it is written for, and ``torch.mm`` everywhere else (other devices and processors, small
-products, or ``ASE_EQUIVARIANT_NATIVE=0``).
+products, or ``ASE_EQUIVARIANT_NATIVE=0``). :func:`block_products` runs all the products of a
+linear layer (one per irrep) in one compiled call, where the compiled product is used.
 """
 import ctypes
 import functools
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -43,9 +44,14 @@ class _Library:
         library = ctypes.CDLL(str(path))
         self.vector_bytes = library.vector_bytes()
         self._functions = {torch.float32: library.product_f32, torch.float64: library.product_f64}
+        self._block_functions = {torch.float32: library.block_products_f32,
+                                 torch.float64: library.block_products_f64}
         for function in self._functions.values():
             function.restype = None
             function.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 3 + [ctypes.c_int] * 2
+        for function in self._block_functions.values():
+            function.restype = None
+            function.argtypes = [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 4 + [ctypes.c_int] * 2
 
     def product(self, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor):
         """``out ← a @ b`` for contiguous CPU tensors of one dtype (see ``products.c``)."""
@@ -53,6 +59,12 @@ class _Library:
         threads = max(1, min(torch.get_num_threads(), m * k * n // WORK_PER_THREAD))
         self._functions[a.dtype](m, k, n, a.data_ptr(), b.data_ptr(), out.data_ptr(), threads,
                                  int(out.numel() * out.element_size() >= STREAM_BYTES))
+
+    def block_products(self, table: "BlockTable", n: int, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor):
+        """The products of ``table`` for ``n`` atoms (see :func:`block_products`)."""
+        threads = max(1, min(torch.get_num_threads(), n * table.work_per_atom // WORK_PER_THREAD))
+        self._block_functions[a.dtype](n, len(table.entries), table.tensor.data_ptr(), a.data_ptr(), b.data_ptr(),
+                                       out.data_ptr(), threads, int(out.numel() * out.element_size() >= STREAM_BYTES))
 
 
 @functools.lru_cache(maxsize=None)
@@ -98,3 +110,52 @@ def product(a: torch.Tensor, b: torch.Tensor, out: Optional[torch.Tensor] = None
     library.product(a, b.contiguous(), out)
     return out
 
+
+
+class BlockTable:
+    """The products of a block-diagonal map on features block after block (:mod:`.layout`), for
+    :func:`block_products`. Each entry ``(a_start, c_start, dim, K, W, b_offset, add)`` is, for
+    ``N`` atoms, the product ``c[N*c_start ..] (N*dim, W) ← a[N*a_start ..] (N*dim, K) @
+    b[b_offset ..] (K, W)`` (the blocks of the output and input features at columns
+    ``c_start`` and ``a_start`` of an atom's irreps, a ``(K, W)`` matrix of the flat ``b``); an
+    entry with ``add`` true adds to the block of the entry before it instead (entries that add
+    to a block follow the one that overwrites it)."""
+
+    def __init__(self, entries: Sequence[Tuple[int, int, int, int, int, int, bool]]):
+        self.entries = [tuple(int(v) for v in e) for e in entries]
+        for i, (*_, add) in enumerate(self.entries):
+            if add and (i == 0 or self.entries[i - 1][1] != self.entries[i][1]):
+                raise ValueError(f"entry {i} adds to a block that the entry before it does not write")
+        self.tensor = torch.tensor(self.entries, dtype=torch.int64).reshape(-1, 7)
+        self.columns = {e[4] for e in self.entries}
+        self.work_per_atom = sum(dim * k * w for _, _, dim, k, w, _, _ in self.entries)
+        self.largest_b = max((k * w for _, _, _, k, w, _, _ in self.entries), default=0)
+        # the sizes the arrays must have: columns of an atom's input and output irreps, numbers of b
+        self.a_columns = max((a + dim * k for a, _, dim, k, _, _, _ in self.entries), default=0)
+        self.c_columns = max((c + dim * w for _, c, dim, _, w, _, _ in self.entries), default=0)
+        self.b_numel = max((o + k * w for _, _, _, k, w, o, _ in self.entries), default=0)
+
+
+def block_products(table: BlockTable, n: int, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> bool:
+    """The products of ``table`` for the features ``a`` ``(n * ·,)`` of ``n`` atoms and the
+    matrices in ``b`` (flat), into ``out`` ``(n * ·,)``, in one compiled call (one parallel
+    region for every product of a linear layer: on a molecule the layer's Python and the
+    threads' start-up cost more than its arithmetic). Returns ``False``, having done nothing,
+    where the compiled product is not used (the conditions of :func:`product`, bar the number
+    of rows); the caller then forms them one by one with :func:`product`."""
+    if a.device.type != "cpu" or a.dtype not in (torch.float32, torch.float64) or b.dtype != a.dtype \
+            or out.dtype != a.dtype or b.device != a.device or out.device != a.device \
+            or not (a.is_contiguous() and b.is_contiguous() and out.is_contiguous()):
+        return False
+    if a.numel() < n * table.a_columns or out.numel() < n * table.c_columns or b.numel() < table.b_numel:
+        raise ValueError(f"block products of {n} atoms need at least {n * table.a_columns} input, "
+                         f"{n * table.c_columns} output and {table.b_numel} matrix numbers, got "
+                         f"{a.numel()}, {out.numel()} and {b.numel()}")
+    lanes = VECTOR_BYTES // a.element_size()
+    if any(w % lanes for w in table.columns) or table.largest_b * b.element_size() > MAX_B_BYTES:
+        return False
+    library = _library()
+    if library is None:
+        return False
+    library.block_products(table, n, a, b, out)
+    return True
