@@ -21,7 +21,8 @@ def _forget_libraries():
 def no_compiler(monkeypatch, tmp_path):
     """A C compiler that does not exist ($CC) and an empty build cache, with the compiled
     libraries forgotten before and after the test (their loaders cache what they found); yields
-    the cache folder."""
+    the cache folder. The compiled paths are switched on for it, whatever the environment says."""
+    monkeypatch.setenv("ASE_EQUIVARIANT_NATIVE", "1")
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("ASE_EQUIVARIANT_CACHE", str(tmp_path / "cache"))
     _forget_libraries()
