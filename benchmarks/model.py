@@ -78,24 +78,31 @@ def gemm_gflops(dtype, device, n=2048, repeats=5):
 
 class MatmulFlops(TorchDispatchMode):
     """Counts the FLOPs of the matrix products run inside it (torch's FLOP formulas for mm, bmm,
-    addmm, ...; ``2 M K N`` for the compiled products of ``nn/products.py``, which torch does not
-    see; elementwise work is not counted). Unlike ``FlopCounterMode`` it hooks no modules,
+    addmm, ...; ``2 M K N`` for the compiled products of ``nn/products.py`` and twice the
+    multiply-adds of its block products, which torch does not see; elementwise work is not
+    counted). Unlike ``FlopCounterMode`` it hooks no modules,
     so it works under ``torch.autograd.grad`` with leaf inputs."""
 
     def __init__(self):
         super().__init__()
         self.total = 0
-        self._compiled_product = products._Library.product
+        self._compiled = products._Library.product, products._Library.block_products
 
     def __enter__(self):
+        product, block_products = self._compiled
+
         def counted(library, a, b, out):
             self.total += 2 * a.shape[0] * a.shape[1] * b.shape[1]
-            return self._compiled_product(library, a, b, out)
-        products._Library.product = counted
+            return product(library, a, b, out)
+
+        def counted_blocks(library, table, n, a, b, out):
+            self.total += 2 * n * table.work_per_atom
+            return block_products(library, table, n, a, b, out)
+        products._Library.product, products._Library.block_products = counted, counted_blocks
         return super().__enter__()
 
     def __exit__(self, *exc):
-        products._Library.product = self._compiled_product
+        products._Library.product, products._Library.block_products = self._compiled
         return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
