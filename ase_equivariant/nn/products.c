@@ -128,24 +128,6 @@ INLINE void CAT(tiles, SUFFIX)(int64_t lo, int64_t hi, int64_t P, int64_t K, int
     }
 }
 
-/* c (P, W) ← a (P, K) @ b (K, W), on `threads` threads; see the top of the file. */
-void CAT(product, SUFFIX)(int64_t P, int64_t K, int64_t W, const T *a, const T *b, T *c, int threads, int stream)
-{
-    const int64_t tiles = (P + RT - 1) / RT;
-    #pragma omp parallel num_threads(threads)
-    {
-#ifdef _OPENMP
-        const int64_t thread = omp_get_thread_num(), team = omp_get_num_threads();
-#else
-        const int64_t thread = 0, team = 1;
-#endif
-        CAT(tiles, SUFFIX)(tiles * thread / team, tiles * (thread + 1) / team, P, K, W, a, b, c, stream, 0);
-#ifdef __AVX__
-        if (stream) _mm_sfence(); /* this thread's stores around the caches, for whoever reads next */
-#endif
-    }
-}
-
 /* The products of a block-diagonal map (a linear layer) on the features of N atoms, stored
  * block after block (ase_equivariant/nn/layout.py), in one call. Each of the n_entries rows
  * of `table` (7 int64: a_start, c_start, dim, K, W, b_offset, add) is a product
@@ -153,9 +135,9 @@ void CAT(product, SUFFIX)(int64_t P, int64_t K, int64_t W, const T *a, const T *
  * or += with add = 1: an entry with add = 0 overwrites its block of c, the add = 1 entries
  * right after it add to the same block, in table order. The threads share the tiles of RT rows
  * of all overwritten blocks in contiguous ranges of about equal work (a tile's: (K + 1) * W
- * summed over its block's entries, the stores counted); each tile is one thread's, its entries run in table order, so results do
- * not depend on the number of threads. With `stream`, blocks that no entry adds to are stored
- * around the caches. */
+ * summed over its block's entries, the stores counted); each tile is one thread's, its entries
+ * run in table order, so results do not depend on the number of threads. With `stream`, blocks
+ * that no entry adds to are stored around the caches. */
 void CAT(block_products, SUFFIX)(int64_t N, int64_t n_entries, const int64_t *table, const T *a, const T *b, T *c,
                                  int threads, int stream)
 {
@@ -194,11 +176,19 @@ void CAT(block_products, SUFFIX)(int64_t N, int64_t n_entries, const int64_t *ta
             first += block_tiles * tile_work;
         }
 #ifdef __AVX__
-        if (streamed) _mm_sfence();
+        if (streamed) _mm_sfence(); /* this thread's stores around the caches, for whoever reads next */
 #else
         (void)streamed;
 #endif
     }
+}
+
+/* c (P, W) ← a (P, K) @ b (K, W), on `threads` threads (see the top of the file): one block of
+ * one product, P rows of one number per "atom". */
+void CAT(product, SUFFIX)(int64_t P, int64_t K, int64_t W, const T *a, const T *b, T *c, int threads, int stream)
+{
+    const int64_t entry[7] = {0, 0, 1, K, W, 0, 0};
+    CAT(block_products, SUFFIX)(P, 1, entry, a, b, c, threads, stream);
 }
 
 #undef V
