@@ -111,7 +111,6 @@ def product(a: torch.Tensor, b: torch.Tensor, out: Optional[torch.Tensor] = None
     return out
 
 
-
 class BlockTable:
     """The products of a block-diagonal map on features block after block (:mod:`.layout`), for
     :func:`block_products`. Each entry ``(a_start, c_start, dim, K, W, b_offset, add)`` is, for
