@@ -2,7 +2,7 @@
 import functools
 import math
 import weakref
-from typing import Dict, List, NamedTuple
+from typing import Dict, List, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -16,6 +16,7 @@ from .edge_table import EdgeBlock
 from . import layout, native
 from .mlp import RadialMLP
 from .products import product
+from .radial_table import RadialTable
 
 
 #: radial weights of one convolution call up to this size (one row per pair of reverse edges)
@@ -39,12 +40,17 @@ SPARE_HEADROOM = 16
 class EdgeInputs(NamedTuple):
     """The per-call edge data shared by every convolution: the :class:`~.edge_table.EdgeBlock` s,
     per block the ``(n, slots, irreps_sh.dim)`` spherical harmonics of the edge in each slot
-    (zero rows for empty slots), and the ``(P, num_basis)`` radial embedding of every pair of
-    reverse edges (the two edges of a pair have the same length)."""
+    (zero rows for empty slots), the ``(P, num_basis)`` radial embedding of every pair of
+    reverse edges (the two edges of a pair have the same length) and the ``(P,)`` distances
+    it is a function of; with ``table``, the convolution's radial weights as a function of
+    the distance (:mod:`.radial_table`; the potential gives each convolution its own), used in
+    place of its radial MLP."""
 
     blocks: List[EdgeBlock]
     sh: List[torch.Tensor]
     embedding: torch.Tensor
+    distances: torch.Tensor
+    table: Optional[RadialTable] = None
 
 
 def convolution_paths(irreps_in: Irreps, irreps_sh: Irreps, lmax_out: int, even_only: bool):
@@ -121,16 +127,23 @@ class _MessageSums(torch.autograd.Function):
     the compiled kernels add the gradients of a pair's two edges into one row, so the product back
     through the MLP's output matrix runs once per pair, as the forward one does.
 
-    Inputs: the convolution, its ``blocks``, node features ``x`` ``(N * irreps_in.dim,)`` (block
-    after block, :mod:`.layout`), the pairs' radial embedding ``(P, B)``, the blocks' spherical
-    harmonics (see :class:`EdgeInputs`), then the radial MLP's weight matrices (inputs so that
-    their gradients are returned when they require them).
+    With a :class:`~.radial_table.RadialTable` (float32 on the CPU, frozen weights, radial
+    weights kept), the radial weights are interpolated from it at the pairs' distances instead
+    (no MLP in either pass), and the backward pass gives the gradient with respect to the
+    distances instead of the embedding.
+
+    Inputs: the convolution, its ``blocks``, its table or ``None``, node features ``x`` ``(N *
+    irreps_in.dim,)`` (block after block, :mod:`.layout`), the pairs' radial embedding ``(P,
+    B)`` and distances ``(P,)``, the blocks' spherical harmonics (see :class:`EdgeInputs`), then
+    the radial MLP's weight matrices (inputs so that their gradients are returned when they
+    require them).
     Output: ``(N * irreps_out.dim,)``, block after block. The compiled kernels read and write
     this layout; the torch path works on per-atom rows (:func:`.layout.atom_rows`).
     """
 
     @staticmethod
-    def forward(ctx, conv: "TensorProductConv", blocks: List[EdgeBlock], x, embedding, *tensors):
+    def forward(ctx, conv: "TensorProductConv", blocks: List[EdgeBlock], table: Optional[RadialTable], x, embedding,
+                distances, *tensors):
         sh_tables = tensors[:len(blocks)]
         x = x.contiguous()
         atoms = layout.num_atoms(x, conv.irreps_in)
@@ -139,10 +152,17 @@ class _MessageSums(torch.autograd.Function):
         # pre-activations, kept for the backward pass, in the convolution's spare arrays
         keep = embedding.shape[0] * output_matrix.shape[1] * x.element_size() <= KEPT_WEIGHTS_BYTES
         work = functools.partial(_work, x)
-        pre = _pre_activations(conv, embedding, work, spare=keep)
-        hidden = conv.radial.hidden(embedding, pre, work)
-        pair_weights = _pair_weights(conv, hidden, output_matrix) if keep else None
         compiled = conv._compiled_kernels(x)
+        if table is not None and not (keep and compiled is not None and x.dtype == torch.float32):
+            table = None
+        if table is not None:
+            shape = (distances.shape[0], output_matrix.shape[1])
+            pair_weights = table.interpolate(distances, _spare(conv, "pair_weights", shape, x))
+            pre, hidden = [], None
+        else:
+            pre = _pre_activations(conv, embedding, work, spare=keep)
+            hidden = conv.radial.hidden(embedding, pre, work)
+            pair_weights = _pair_weights(conv, hidden, output_matrix) if keep else None
         if compiled is not None:
             out = x.new_empty(atoms * conv.irreps_out.dim)  # every block overwrites its rows
             out_blocks = layout.blocks(out, conv.irreps_out, atoms)
@@ -170,26 +190,29 @@ class _MessageSums(torch.autograd.Function):
             out_rows[block.r0:block.r0 + block.n] = conv._couple(sums)
         if compiled is None:
             out = layout.from_atom_rows(out_rows, conv.irreps_out)
-        ctx.conv, ctx.blocks = conv, blocks
+        ctx.conv, ctx.blocks, ctx.table = conv, blocks, table
         ctx.pair_weights, ctx.pre = (pair_weights, pre) if keep else (None, None)
         # back to the spares after the backward pass, or when the context goes without one: at
         # once where no graph is recorded (energy only, torch.no_grad), else with the graph
         if keep:
             ctx.give_back = weakref.finalize(ctx, _give_back_kept, conv, pair_weights, pre)
             ctx.give_back.atexit = False
-        ctx.save_for_backward(x, embedding, *sh_tables)
+        ctx.save_for_backward(x, embedding, distances, *sh_tables)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        conv, blocks, pair_weights = ctx.conv, ctx.blocks, ctx.pair_weights
+        conv, blocks, pair_weights, table = ctx.conv, ctx.blocks, ctx.pair_weights, ctx.table
         grad_out = grad_out.contiguous()
-        x, embedding, *sh_tables = ctx.saved_tensors
+        x, embedding, distances, *sh_tables = ctx.saved_tensors
         atoms = layout.num_atoms(x, conv.irreps_in)
-        need_embedding = ctx.needs_input_grad[3]
-        need_weights = ctx.needs_input_grad[4 + len(blocks):]
+        need_embedding, need_distances = ctx.needs_input_grad[4:6]
+        need_weights = ctx.needs_input_grad[6 + len(blocks):]
         work = functools.partial(_work, x)
+        if table is not None:
+            return _MessageSums._backward_from_table(ctx, grad_out, x, atoms, distances, sh_tables, need_distances,
+                                                     need_weights, work)
         with torch.set_grad_enabled(need_weights[-1]):
             output_matrix = conv.radial.output_matrix(conv._weight_columns, 1 / conv.denominator)
         hidden_shape = (embedding.shape[0], conv.radial.sizes[-2])
@@ -255,7 +278,29 @@ class _MessageSums(torch.autograd.Function):
             ctx.give_back()
         grad_mlp.append(None if grad_output_matrix is None else
                         torch.autograd.grad(output_matrix, conv.radial.weights[-1], grad_output_matrix)[0])
-        return None, None, grad_x, grad_embedding if need_embedding else None, *grad_sh, *grad_mlp
+        return None, None, None, grad_x, grad_embedding if need_embedding else None, None, *grad_sh, *grad_mlp
+
+    @staticmethod
+    def _backward_from_table(ctx, grad_out, x, atoms: int, distances, sh_tables, need_distances: bool,
+                             need_weights, work):
+        """The backward pass of a forward pass that interpolated its radial weights from a table
+        (kept, one row per pair): the gradients of ``x``, the spherical harmonics and the
+        distances (the weights are frozen where tables are used)."""
+        conv, blocks, pair_weights, kept = ctx.conv, ctx.blocks, ctx.pair_weights, ctx.pair_weights is not None
+        ctx.pair_weights = ctx.pre = None
+        if not kept:  # kept by the forward pass, used once: a second backward pass interpolates again
+            pair_weights = ctx.table.interpolate(distances, x.new_empty(distances.shape[0], ctx.table.width))
+        if any(need_weights):
+            raise RuntimeError("radial weights from a table have no gradient with respect to the MLP's weights")
+        compiled = conv._compiled_kernels(x)
+        grad_x = work("grad_x_threads", compiled.threads(), x.numel()).zero_()
+        grad_sh = [torch.empty_like(t) for t in sh_tables]
+        grad_pairs = _pair_weight_gradients(conv, compiled, blocks, sh_tables, x, atoms, grad_out, pair_weights,
+                                            grad_sh, grad_x, work)
+        grad_distances = ctx.table.distance_gradient(distances, grad_pairs) if need_distances else None
+        if kept:  # the next call writes into them
+            ctx.give_back()
+        return (None, None, None, grad_x.sum(0), None, grad_distances, *grad_sh, *[None] * len(need_weights))
 
 
 def _pair_weight_gradients(conv: "TensorProductConv", compiled, blocks: List[EdgeBlock], sh_tables, x, atoms: int,
@@ -533,8 +578,16 @@ class TensorProductConv(nn.Module):
         """Node features ``(N * irreps_in.dim,)`` and the edges of the call (blocks covering
         receivers ``0 .. N-1`` in order) → aggregated messages ``(N * irreps_out.dim,)``; both
         block after block (:mod:`.layout`)."""
-        return _MessageSums.apply(self, edges.blocks, x, edges.embedding, *edges.sh,
+        return _MessageSums.apply(self, edges.blocks, edges.table, x, edges.embedding, edges.distances, *edges.sh,
                                   *parameter_list(self.radial.weights))
+
+    def radial_function(self, embedding):
+        """The radial weights as a function of the pair distance, in float64, with their
+        derivative: ``(P,)`` → ``(P, W)`` twice (in the order the kernels read them, normalisation
+        included), given the radial ``embedding`` (``(P,)`` → its ``(P, B)`` values and
+        derivatives): for :func:`.radial_table.tabulate`."""
+        mlp = self.radial.function(self._weight_columns, 1 / self.denominator)
+        return lambda r: mlp(*embedding(r))
 
     def _groups(self):
         """``(y_offset, d2, group)`` for every group of the plan, in order: the group's

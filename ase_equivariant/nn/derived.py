@@ -31,9 +31,11 @@ def derived(owner: object, name: str, parameters: Sequence[torch.Tensor], comput
 def _stale(hit, parameters) -> bool:
     """Whether the kept entry ``hit`` no longer describes ``parameters``. The entry holds the
     parameters' storage, so no other tensor can take its address meanwhile. A tensor made under
-    ``torch.inference_mode()`` cannot be saved for a backward pass outside it: formed again."""
+    ``torch.inference_mode()`` cannot be saved for a backward pass outside it: formed again
+    (other values, e.g. objects that only compiled code reads, are kept)."""
     kept, value = hit
-    if any(inference_only(v) for v in (value if isinstance(value, list) else [value])):
+    values = value if isinstance(value, list) else [value]
+    if any(isinstance(v, torch.Tensor) and inference_only(v) for v in values):
         return True
     return any(old.data_ptr() != p.data_ptr() or (old.dtype, old.device) != (p.dtype, p.device)
                or version != p._version for (old, version), p in zip(kept, parameters))

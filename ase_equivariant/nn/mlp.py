@@ -73,6 +73,22 @@ class RadialMLP(nn.Module):
             grad = product(grad_pre, transposed[k], out=out)
         return grad, grad_weights
 
+    def function(self, columns: torch.Tensor, factor: float = 1.0):
+        """The MLP with the output :meth:`output_matrix` ``(columns, factor)`` in float64, carrying
+        a derivative along (forward mode): ``(x, dx)`` ``(P, sizes[0])`` each → ``(y, dy)`` ``(P,
+        len(columns))``, ``dy`` the derivative of ``y`` along ``dx`` (for tables of the MLP as a
+        function of the distance, :mod:`.radial_table`)."""
+        weights = [w.detach().double() for w in parameter_list(self.weights)]
+        hidden = [w * c for w, c in zip(weights[:-1], self.factors)]
+        matrix = weights[-1].index_select(1, columns) * (factor * self.factors[-1])
+
+        def mlp(x: torch.Tensor, dx: torch.Tensor):
+            for w in hidden:
+                a = x @ w
+                x, dx = self.act.f(a), self.act.derivative_into(dx @ w, a, torch.empty_like(a))
+            return x @ matrix, dx @ matrix
+        return mlp
+
     def output_matrix(self, columns: torch.Tensor, factor: float = 1.0, transposed: bool = False) -> torch.Tensor:
         """The last layer's output ``columns`` (int64 indices, in that order) as a
         ``(sizes[-2], len(columns))`` matrix to apply to :meth:`hidden`'s activations, normalisation

@@ -7,8 +7,10 @@ from torch import nn
 
 from ..neighbors import edge_vectors
 from ..o3 import Irreps, spherical_harmonics
+from . import radial_table
 from .activations import ScaledActivation
 from .convolution import EdgeInputs, TensorProductConv
+from .derived import derived, parameter_list
 from .edge_table import edge_blocks, edge_pairs
 from .gate import Gate
 from .interaction import InteractionBlock
@@ -125,6 +127,32 @@ class EquivariantPotential(nn.Module):
         #: (see ``ase_equivariant.scratch``)
         self.edge_block = DEFAULT_EDGE_BLOCK
 
+    def _radial_tables(self, r: torch.Tensor):
+        """Per interaction block, its convolution's radial weights tabulated as a function of the
+        distance (:mod:`.radial_table`), made once while the weights are frozen; ``None`` where
+        tables are not used: other devices or dtypes than float32 on the CPU, weights that
+        require gradients, no compiled interpolation, no grid with the cutoff's knots on nodes,
+        or a pair of the distances ``r`` closer than the grid's first node."""
+        if r.device.type != "cpu" or r.dtype != torch.float32 or not radial_table.available():
+            return None
+        parameters = [self.radial_basis.wave_numbers] + [
+            w for block in self.blocks for w in parameter_list(block.conv.radial.weights)]
+        if any(p.requires_grad for p in parameters):
+            return None
+        tables = derived(self, "radial_tables", parameters, self._tabulate)
+        if not tables or (r.numel() and float(r.detach().min()) < tables[0].shortest):
+            return None
+        return tables
+
+    def _tabulate(self) -> list:
+        """The tables of :meth:`_radial_tables`, or ``[]`` if there is no grid for them (made with
+        autograd, also where the caller switched it off)."""
+        embedding = radial_table.with_derivative(lambda r: self.radial_basis(r) * self.cutoff_function(r).unsqueeze(-1))
+        with torch.inference_mode(False):
+            tables = [radial_table.tabulate(block.conv.radial_function(embedding), self.cutoff,
+                                            self.cutoff_function.knots) for block in self.blocks]
+        return [] if any(t is None for t in tables) else tables
+
     @property
     def cutoff(self) -> float:
         """The radial cutoff in Å."""
@@ -193,11 +221,12 @@ class EquivariantPotential(nn.Module):
         sh = torch.cat([sh, sh.new_zeros(1, sh.shape[1])])  # row E: the empty slot
         blocks = edge_blocks(edge_index, len(types), self.edge_block, pair, first)
         edges = EdgeInputs(blocks, [sh.index_select(0, block.edges).view(block.n, block.slots, sh.shape[1])
-                                    for block in blocks], radial_embedding)
+                                    for block in blocks], radial_embedding, r)
+        tables = self._radial_tables(r)
         # scalars: the (N, dim) matrix is already the network's layout, flattened
         x = (self.species_embedding[types] * len(self.config.species) ** -0.5).reshape(-1)
-        for block in self.blocks:
-            x = block(x, edges)
+        for k, block in enumerate(self.blocks):
+            x = block(x, edges if tables is None else edges._replace(table=tables[k]))
         energy = self.readout_energy(self.readout_hidden(x))  # (N * 1,)
         energy = energy * self.energy_scale[types] + self.energy_shift[types]
         return energy if rank is None else energy[rank]

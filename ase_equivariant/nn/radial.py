@@ -46,6 +46,11 @@ class XPLORCutoff(nn.Module):
         self.cutoff = cutoff
         self.r_on = r_on
 
+    @property
+    def knots(self):
+        """Where the function is not smooth (its second derivative jumps at ``r_on``)."""
+        return (self.r_on,) if self.r_on > 0 else ()
+
     def forward(self, r: torch.Tensor) -> torch.Tensor:
         rc2, ron2, r2 = self.cutoff**2, self.r_on**2, r * r
         switch = (rc2 - r2) ** 2 * (rc2 + 2 * r2 - 3 * ron2) / (rc2 - ron2) ** 3
@@ -61,6 +66,9 @@ class PolynomialCutoff(nn.Module):
         super().__init__()
         self.cutoff = cutoff
         self.p = float(p)
+
+    #: where the function is not smooth below the cutoff: nowhere
+    knots = ()
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
         p, x = self.p, r / self.cutoff
