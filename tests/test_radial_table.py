@@ -149,3 +149,30 @@ def test_a_retained_graph_gives_the_same_forces_twice():
     (first,) = torch.autograd.grad(energy, positions, retain_graph=True)
     (second,) = torch.autograd.grad(energy, positions)
     torch.testing.assert_close(first, second, rtol=0, atol=0)
+
+
+@compiled
+def test_block_by_block_interpolation_above_the_kept_size(monkeypatch):
+    """Above KEPT_WEIGHTS_BYTES the weights are interpolated per block of receivers, one row per
+    slot, in both passes (several small blocks here): the results of the kept weights."""
+    from ase_equivariant.nn import convolution
+    torch.manual_seed(5)
+    model = random_model(species=(8, 29), channels=16, dtype="float32").requires_grad_(False)
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)
+    atoms[3].symbol = "O"
+    atoms.rattle(0.05, seed=6)
+    positions, *rest = model_inputs(model, atoms)
+
+    def energies_and_forces():
+        p = positions.clone().requires_grad_(True)
+        energies = model(p, *rest)
+        (grad,) = torch.autograd.grad(energies.sum(), p)
+        return energies.detach(), -grad
+
+    kept = energies_and_forces()
+    assert model.__dict__["_derived"]["radial_tables"][1]
+    monkeypatch.setattr(convolution, "KEPT_WEIGHTS_BYTES", 0)
+    monkeypatch.setattr(model, "edge_block", 40)
+    blockwise = energies_and_forces()
+    for a, b in zip(kept, blockwise):
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-6)

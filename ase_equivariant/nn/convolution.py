@@ -153,11 +153,11 @@ class _MessageSums(torch.autograd.Function):
         keep = embedding.shape[0] * output_matrix.shape[1] * x.element_size() <= KEPT_WEIGHTS_BYTES
         work = functools.partial(_work, x)
         compiled = conv._compiled_kernels(x)
-        if table is not None and not (keep and compiled is not None and x.dtype == torch.float32):
+        if table is not None and not (compiled is not None and x.dtype == torch.float32):
             table = None
-        if table is not None:
+        if table is not None:  # kept: interpolated once per pair; else block by block, one row per slot
             shape = (distances.shape[0], output_matrix.shape[1])
-            pair_weights = table.interpolate(distances, _spare(conv, "pair_weights", shape, x))
+            pair_weights = table.interpolate(distances, _spare(conv, "pair_weights", shape, x)) if keep else None
             pre, hidden = [], None
         else:
             pre = _pre_activations(conv, embedding, work, spare=keep)
@@ -174,7 +174,8 @@ class _MessageSums(torch.autograd.Function):
                     rows[block.r0:block.r0 + block.n] = 0
                 continue
             if compiled is not None:
-                weights, rows = _slot_weights(block, hidden, output_matrix, pair_weights, work, gather=False)
+                weights, rows = _slot_weights(block, hidden, output_matrix, pair_weights, work, gather=False,
+                                              table=table, distances=distances)
                 compiled.forward(block.counts, block.senders, sh_block, weights, rows, x, atoms, conv._group_table,
                                  conv._path_table, conv._path_coefficients, out, block.r0,
                                  work("sums", compiled.threads(), conv._sums_width),
@@ -283,21 +284,42 @@ class _MessageSums(torch.autograd.Function):
     @staticmethod
     def _backward_from_table(ctx, grad_out, x, atoms: int, distances, sh_tables, need_distances: bool,
                              need_weights, work):
-        """The backward pass of a forward pass that interpolated its radial weights from a table
-        (kept, one row per pair): the gradients of ``x``, the spherical harmonics and the
-        distances (the weights are frozen where tables are used)."""
-        conv, blocks, pair_weights, kept = ctx.conv, ctx.blocks, ctx.pair_weights, ctx.pair_weights is not None
+        """The backward pass of a forward pass that interpolated its radial weights from a table:
+        the gradients of ``x``, the spherical harmonics and the distances (the weights are frozen
+        where tables are used). Kept weights (one row per pair) are used once: a second backward
+        pass (retain_graph) interpolates again; without them, block by block, one row per slot."""
+        conv, blocks, table, pair_weights = ctx.conv, ctx.blocks, ctx.table, ctx.pair_weights
+        kept = pair_weights is not None
         ctx.pair_weights = ctx.pre = None
-        if not kept:  # kept by the forward pass, used once: a second backward pass interpolates again
-            pair_weights = ctx.table.interpolate(distances, x.new_empty(distances.shape[0], ctx.table.width))
         if any(need_weights):
             raise RuntimeError("radial weights from a table have no gradient with respect to the MLP's weights")
+        if not kept and distances.shape[0] * table.width * x.element_size() <= KEPT_WEIGHTS_BYTES:
+            pair_weights = table.interpolate(distances, x.new_empty(distances.shape[0], table.width))
         compiled = conv._compiled_kernels(x)
         grad_x = work("grad_x_threads", compiled.threads(), x.numel()).zero_()
         grad_sh = [torch.empty_like(t) for t in sh_tables]
-        grad_pairs = _pair_weight_gradients(conv, compiled, blocks, sh_tables, x, atoms, grad_out, pair_weights,
-                                            grad_sh, grad_x, work)
-        grad_distances = ctx.table.distance_gradient(distances, grad_pairs) if need_distances else None
+        grad_distances = None
+        if pair_weights is not None:
+            grad_pairs = _pair_weight_gradients(conv, compiled, blocks, sh_tables, x, atoms, grad_out, pair_weights,
+                                                grad_sh, grad_x, work)
+            grad_distances = table.distance_gradient(distances, grad_pairs) if need_distances else None
+        else:
+            grad_distances = torch.zeros_like(distances) if need_distances else None
+            scratch = work("grad_sums", compiled.threads(), conv._sums_width)
+            for block, sh_block, grad_sh_block in zip(blocks, sh_tables, grad_sh):
+                if block.slots == 0:
+                    grad_sh_block.zero_()
+                    continue
+                n, k = block.n, block.slots
+                weights, _ = _slot_weights(block, None, None, None, work, gather=False, table=table,
+                                           distances=distances)
+                grad_weights = work("grad_weights", n * k, table.width)  # every column is written
+                compiled.backward(block.counts, block.senders, sh_block, weights, None, x, atoms, conv._group_table,
+                                  conv._path_table, conv._path_coefficients, grad_out, block.r0, scratch,
+                                  grad_sh_block, grad_weights, grad_x, work=3 * n * k * conv._sums_width)
+                if grad_distances is not None:  # (empty slots: zero gradients, added to pair 0)
+                    grad_distances.index_add_(0, block.pairs, table.distance_gradient(
+                        distances.index_select(0, block.pairs), grad_weights))
         if kept:  # the next call writes into them
             ctx.give_back()
         return (None, None, None, grad_x.sum(0), None, grad_distances, *grad_sh, *[None] * len(need_weights))
@@ -376,16 +398,21 @@ def _give_back_kept(conv: "TensorProductConv", pair_weights, pre: List[torch.Ten
             spares.append(array.as_strided((whole,), (1,)))
 
 
-def _slot_weights(block: EdgeBlock, hidden, output_matrix, pair_weights, work, gather: bool):
+def _slot_weights(block: EdgeBlock, hidden, output_matrix, pair_weights, work, gather: bool,
+                  table: Optional[RadialTable] = None, distances=None):
     """The radial weights of ``block``'s slots, as ``(weights, rows)``: slot ``e`` has row
     ``rows[e]`` of ``weights`` (``rows`` ``None``: row ``e``).
 
     With ``pair_weights`` ``(P, W)`` (kept from the forward pass) these are its rows of the slots'
     pairs, gathered into an ``(n * K, W)`` array if ``gather``, else indexed through
-    ``block.pairs``; without, they are formed from the pairs' last hidden activations ``hidden``
-    ``(P, H)`` and the MLP's ``(H, W)`` output matrix, one row per slot."""
+    ``block.pairs``; without, they are interpolated from ``table`` at the ``(P,)`` pairs'
+    ``distances``, or formed from the pairs' last hidden activations ``hidden`` ``(P, H)`` and
+    the MLP's ``(H, W)`` output matrix, one row per slot."""
     if pair_weights is not None and not gather:
         return pair_weights, block.pairs
+    if table is not None and pair_weights is None:
+        out = work("weights", block.n * block.slots, table.width)
+        return table.interpolate(distances.index_select(0, block.pairs), out), None
     out = work("weights", block.n * block.slots, output_matrix.shape[1])
     if pair_weights is not None:
         return torch.index_select(pair_weights, 0, block.pairs, out=out), None
