@@ -356,12 +356,14 @@ def _machine(calc, model: str) -> str:
     kernels = ""
     if calc.device.type == "cpu":
         from . import neighbors
-        from .nn import native, products
+        from .nn import native, products, radial_table
         kernels = ", compiled kernels" if native.kernels() is not None else ", pure-torch convolution"
         if neighbors._compiled_search() is None:
             kernels += ", pure-torch neighbour search"
         if products._library() is not None:
             kernels += ", compiled matrix products"
+        if str(calc.dtype) == "torch.float32" and radial_table.available():
+            kernels += ", radial weights from tables"
     return (f"model {model} ({str(calc.dtype).replace('torch.', '')}, {calc.device}, "
             f"{threads} torch thread{'s' if threads != 1 else ''}{kernels})")
 

@@ -481,7 +481,9 @@ class TensorProductConv(nn.Module):
     Computation: the coupling is linear in ``Y``, so the sum over a receiver's edges is taken
     first, of ``Y_m2 · R x_m1`` (see :class:`_MessageSums`), and the Clebsch-Gordan coupling is
     applied to the sums, per atom: no per-edge message is ever formed. The radial weights depend
-    on the edge length only, so they are formed once per pair of reverse edges. On the CPU the
+    on the edge length only, so they are formed once per pair of reverse edges (in float32 on the
+    CPU, interpolated from a table of the distance that the potential makes once,
+    :mod:`.radial_table`, instead of running the MLP). On the CPU the
     sums and their gradients run in compiled kernels (:mod:`.native`); features are laid out
     block after block, each block ``(N, 2l+1, mul)`` (:mod:`.layout`, as everywhere inside the
     network), so a sender's block is one row and the work runs over contiguous channels, and
