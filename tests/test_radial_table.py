@@ -104,8 +104,9 @@ def test_sevennet0_float32_with_tables_is_as_close_to_float64_as_without(monkeyp
 
 @compiled
 def test_tables_follow_weight_changes_and_step_aside_for_close_pairs_and_gradients():
-    """A small float32 model: the tables are made again after its weights change; a pair closer
-    than the grid's first node, or weights that require gradients, use the MLP."""
+    """A small float32 model: the tables are made again after its weights change; distances off
+    the grid (closer than its first node, beyond the cutoff), or weights that require gradients,
+    use the MLP."""
     torch.manual_seed(3)
     model = random_model(species=(8, 29), channels=16, dtype="float32").requires_grad_(False)
     atoms = bulk("Cu", "fcc", a=3.61) * (2, 2, 2)
@@ -131,6 +132,7 @@ def test_tables_follow_weight_changes_and_step_aside_for_close_pairs_and_gradien
     torch.testing.assert_close(energies(True), energies(False), rtol=0, atol=2e-5)
     assert model.__dict__["_derived"]["radial_tables"][1] is not first
     assert model._radial_tables(torch.tensor([first[0].shortest / 2, 2.0])) is None
+    assert model._radial_tables(torch.tensor([1.0, model.cutoff * 1.01])) is None
     model.blocks[0].conv.radial.weights[0].requires_grad_(True)
     assert model._radial_tables(torch.tensor([1.0, 2.0])) is None
 

@@ -132,7 +132,7 @@ class EquivariantPotential(nn.Module):
         distance (:mod:`.radial_table`), made once while the weights are frozen; ``None`` where
         tables are not used: other devices or dtypes than float32 on the CPU, weights that
         require gradients, no compiled interpolation, no grid with the cutoff's knots on nodes,
-        or a pair of the distances ``r`` closer than the grid's first node."""
+        or distances ``r`` off the grid (closer than its first node, or beyond the cutoff)."""
         if r.device.type != "cpu" or r.dtype != torch.float32 or not radial_table.available():
             return None
         parameters = [self.radial_basis.wave_numbers] + [
@@ -140,8 +140,12 @@ class EquivariantPotential(nn.Module):
         if any(p.requires_grad for p in parameters):
             return None
         tables = derived(self, "radial_tables", parameters, self._tabulate)
-        if not tables or (r.numel() and float(r.detach().min()) < tables[0].shortest):
+        if not tables:
             return None
+        if r.numel():
+            shortest, longest = (float(v) for v in torch.aminmax(r.detach()))
+            if shortest < tables[0].shortest or longest > self.cutoff * (1 + 1e-6):
+                return None
         return tables
 
     def _tabulate(self) -> list:
