@@ -10,12 +10,15 @@ the products, a C1 function whose derivative is exactly that of the interpolated
 
 The spacing (:data:`SPACING`) puts the interpolation error below float32 rounding: every
 point where the function is not smooth (the cutoff's knots, e.g. the XPLOR switch's ``r_on``,
-where its second derivative jumps) and the cutoff itself are nodes, and with them SevenNet-0's
-weights and their derivatives were within 4e-8 of their largest value at 0.0022 Å (2.4e-8
-for the values; 1e-5 for the derivatives with ``r_on`` between nodes). Tables are used for
-float32 calls on the CPU only (float64 keeps the network's own arithmetic, of which the
-interpolation error would be the largest part), with frozen weights, where the compiled library
-builds, and for distances on the grid (calls with a closer pair use the MLP).
+where its second derivative jumps) and the cutoff itself are nodes (with ``r_on`` between nodes,
+SevenNet-0's derivatives were off by 1e-5 of their largest value; on a node, by 4e-8). Two
+float32 roundings are kept out: the slope between nodes comes from increments formed in
+float64 (float32 values would carry their rounding times ``1/h``), and the interval of a
+distance is found in double (``r / h`` runs to a few thousand). SevenNet-0's float32 forces
+are then as close to float64 as with the MLP in float32 (``tests/test_radial_table.py``).
+Tables are used for float32 calls on the CPU only (float64 keeps the network's own arithmetic,
+of which the interpolation error would be the largest part), with frozen weights, where the
+compiled library builds, and for distances on the grid (the potential decides, per call).
 """
 import ctypes
 import functools
