@@ -127,10 +127,10 @@ class _MessageSums(torch.autograd.Function):
     the compiled kernels add the gradients of a pair's two edges into one row, so the product back
     through the MLP's output matrix runs once per pair, as the forward one does.
 
-    With a :class:`~.radial_table.RadialTable` (float32 on the CPU, frozen weights, radial
-    weights kept), the radial weights are interpolated from it at the pairs' distances instead
-    (no MLP in either pass), and the backward pass gives the gradient with respect to the
-    distances instead of the embedding.
+    With a :class:`~.radial_table.RadialTable` (float32, compiled kernels, frozen weights), the
+    radial weights are interpolated from it at the pairs' distances instead (kept per pair, or
+    block by block per slot above the kept size; no MLP in either pass), and the backward pass
+    gives the gradient with respect to the distances instead of the embedding.
 
     Inputs: the convolution, its ``blocks``, its table or ``None``, node features ``x`` ``(N *
     irreps_in.dim,)`` (block after block, :mod:`.layout`), the pairs' radial embedding ``(P,
@@ -298,7 +298,6 @@ class _MessageSums(torch.autograd.Function):
         compiled = conv._compiled_kernels(x)
         grad_x = work("grad_x_threads", compiled.threads(), x.numel()).zero_()
         grad_sh = [torch.empty_like(t) for t in sh_tables]
-        grad_distances = None
         if pair_weights is not None:
             grad_pairs = _pair_weight_gradients(conv, compiled, blocks, sh_tables, x, atoms, grad_out, pair_weights,
                                                 grad_sh, grad_x, work)
