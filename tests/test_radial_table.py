@@ -178,3 +178,32 @@ def test_block_by_block_interpolation_above_the_kept_size(monkeypatch):
     blockwise = energies_and_forces()
     for a, b in zip(kept, blockwise):
         torch.testing.assert_close(a, b, rtol=0, atol=2e-6)
+
+
+@compiled
+@pytest.mark.parametrize("drop", [0, 7])
+def test_pairs_with_one_edge_get_their_distance_gradient(drop):
+    """An edge list where some pairs have one edge only (as a caller may pass to the model; a
+    pair's row of dE/dR is then its one slot's): forces as with the MLP."""
+    torch.manual_seed(7)
+    model = random_model(species=(8, 29), channels=16, dtype="float32").requires_grad_(False)
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)
+    atoms[5].symbol = "O"
+    atoms.rattle(0.05, seed=8)
+    positions, numbers, edge_index, shifts, cell = model_inputs(model, atoms)
+    keep = torch.ones(edge_index.shape[1], dtype=torch.bool)
+    keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(9))[:drop]] = False
+    edge_index, shifts = edge_index[:, keep], shifts[keep]
+
+    def forces(tables: bool):
+        original = radial_table.available
+        if not tables:
+            radial_table.available = lambda: False
+        try:
+            p = positions.clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(model(p, numbers, edge_index, shifts, cell).sum(), p)
+        finally:
+            radial_table.available = original
+        return -grad
+
+    torch.testing.assert_close(forces(True), forces(False), rtol=0, atol=2e-5)
