@@ -67,6 +67,8 @@ def test_a_table_refuses_outputs_of_the_wrong_shape():
     table = RadialTable(0.5, torch.zeros(4, 3), torch.zeros(4, 3))
     with pytest.raises(ValueError, match="contiguous float32"):
         table.interpolate(torch.ones(5), torch.empty(5, 4))
+    with pytest.raises(ValueError, match="1-D float32 CPU"):
+        table.interpolate(torch.ones(5, dtype=torch.float64), torch.empty(5, 3))
     with pytest.raises(ValueError, match="of one shape"):
         RadialTable(0.5, torch.zeros(4, 3), torch.zeros(3, 3))
 

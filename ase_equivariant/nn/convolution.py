@@ -254,11 +254,8 @@ class _MessageSums(torch.autograd.Function):
                 grad_weights = work("grad_weights", n * k, output_matrix.shape[1])  # every column is written
                 if compiled is not None:
                     weights, rows = _slot_weights(block, hidden, output_matrix_d, None, work, gather=False)
-                    scratch = work("grad_sums", compiled.threads(), conv._sums_width)
-                    compiled.backward(block.counts, block.senders, sh_block, weights, rows, x, atoms,
-                                      conv._group_table, conv._path_table, conv._path_coefficients, grad_out,
-                                      block.r0, scratch, grad_sh_block, grad_weights, grad_x,
-                                      work=3 * n * k * conv._sums_width)
+                    _slot_gradients(conv, compiled, block, sh_block, weights, rows, x, atoms, grad_out, grad_sh_block,
+                                    grad_weights, grad_x, work)
                 else:
                     weights, _ = _slot_weights(block, hidden, output_matrix_d, pair_weights, work, gather=True)
                     gx_block = work("grad_x", n, k, conv.irreps_in.dim)
@@ -304,24 +301,33 @@ class _MessageSums(torch.autograd.Function):
             grad_distances = table.distance_gradient(distances, grad_pairs) if need_distances else None
         else:
             grad_distances = torch.zeros_like(distances) if need_distances else None
-            scratch = work("grad_sums", compiled.threads(), conv._sums_width)
             for block, sh_block, grad_sh_block in zip(blocks, sh_tables, grad_sh):
                 if block.slots == 0:
                     grad_sh_block.zero_()
                     continue
-                n, k = block.n, block.slots
-                weights, _ = _slot_weights(block, None, None, None, work, gather=False, table=table,
-                                           distances=distances)
-                grad_weights = work("grad_weights", n * k, table.width)  # every column is written
-                compiled.backward(block.counts, block.senders, sh_block, weights, None, x, atoms, conv._group_table,
-                                  conv._path_table, conv._path_coefficients, grad_out, block.r0, scratch,
-                                  grad_sh_block, grad_weights, grad_x, work=3 * n * k * conv._sums_width)
+                weights, rows = _slot_weights(block, None, None, None, work, gather=False, table=table,
+                                              distances=distances)
+                grad_weights = work("grad_weights", block.n * block.slots, table.width)  # every column is written
+                _slot_gradients(conv, compiled, block, sh_block, weights, rows, x, atoms, grad_out, grad_sh_block,
+                                grad_weights, grad_x, work)
                 if grad_distances is not None:  # (empty slots: zero gradients, added to pair 0)
                     grad_distances.index_add_(0, block.pairs, table.distance_gradient(
                         distances.index_select(0, block.pairs), grad_weights))
         if kept:  # the next call writes into them
             ctx.give_back()
         return (None, None, None, grad_x.sum(0), None, grad_distances, *grad_sh, *[None] * len(need_weights))
+
+
+def _slot_gradients(conv: "TensorProductConv", compiled, block: EdgeBlock, sh_block, weights, rows, x, atoms: int,
+                    grad_out, grad_sh_block, grad_weights, grad_x, work):
+    """The compiled backward pass of one block with the radial weights of its slots (see
+    :func:`_slot_weights`): the gradients with respect to them, one row per slot, into
+    ``grad_weights`` ``(n * K, W)``, to the spherical harmonics into ``grad_sh_block``, and to
+    ``x`` added into ``grad_x`` (see :meth:`.native.Kernels.backward`)."""
+    compiled.backward(block.counts, block.senders, sh_block, weights, rows, x, atoms, conv._group_table,
+                      conv._path_table, conv._path_coefficients, grad_out, block.r0,
+                      work("grad_sums", compiled.threads(), conv._sums_width), grad_sh_block, grad_weights, grad_x,
+                      work=3 * block.n * block.slots * conv._sums_width)
 
 
 def _pair_weight_gradients(conv: "TensorProductConv", compiled, blocks: List[EdgeBlock], sh_tables, x, atoms: int,

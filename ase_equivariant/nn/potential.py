@@ -127,6 +127,11 @@ class EquivariantPotential(nn.Module):
         #: (see ``ase_equivariant.scratch``)
         self.edge_block = DEFAULT_EDGE_BLOCK
 
+    def radial_embedding(self, r: torch.Tensor) -> torch.Tensor:
+        """The ``(P, num_radial_basis)`` radial embedding of the ``(P,)`` distances ``r`` (Å): the
+        Bessel basis times the cutoff function."""
+        return self.radial_basis(r) * self.cutoff_function(r).unsqueeze(-1)
+
     def _radial_tables(self, r: torch.Tensor):
         """Per interaction block, its convolution's radial weights tabulated as a function of the
         distance (:mod:`.radial_table`), made once while the weights are frozen; ``None`` where
@@ -151,7 +156,7 @@ class EquivariantPotential(nn.Module):
     def _tabulate(self) -> list:
         """The tables of :meth:`_radial_tables`, or ``[]`` if there is no grid for them (made with
         autograd, also where the caller switched it off)."""
-        embedding = radial_table.with_derivative(lambda r: self.radial_basis(r) * self.cutoff_function(r).unsqueeze(-1))
+        embedding = radial_table.with_derivative(self.radial_embedding)
         with torch.inference_mode(False):
             tables = [radial_table.tabulate(block.conv.radial_function(embedding), self.cutoff,
                                             self.cutoff_function.knots) for block in self.blocks]
@@ -220,7 +225,7 @@ class EquivariantPotential(nn.Module):
         # one radial embedding per pair of reverse edges (their lengths are equal)
         pair, first = edge_pairs(edge_index, shifts)
         r = torch.linalg.vector_norm(vectors.index_select(0, first), dim=1)
-        radial_embedding = self.radial_basis(r) * self.cutoff_function(r).unsqueeze(-1)
+        radial_embedding = self.radial_embedding(r)
         sh = spherical_harmonics(self.config.lmax_sh, vectors, normalize=True)
         sh = torch.cat([sh, sh.new_zeros(1, sh.shape[1])])  # row E: the empty slot
         blocks = edge_blocks(edge_index, len(types), self.edge_block, pair, first)

@@ -76,14 +76,21 @@ def _library() -> Optional[_Library]:
     return library if library is not None and library.vector_bytes == VECTOR_BYTES else None
 
 
+def _fits(element_size: int, columns, b_numel: int) -> bool:
+    """Whether products with these ``columns`` (each a multiple of the vectors' length) and a
+    right-hand matrix of ``b_numel`` numbers (at most :data:`MAX_B_BYTES`) are the compiled
+    product's."""
+    lanes = VECTOR_BYTES // element_size
+    return not any(w % lanes for w in columns) and b_numel * element_size <= MAX_B_BYTES
+
+
 def _compiled(a: torch.Tensor, b: torch.Tensor, out: Optional[torch.Tensor]) -> Optional[_Library]:
     """The compiled product if it computes ``a @ b`` (into ``out``) here, else ``None``."""
     if a.device.type != "cpu" or a.dtype not in (torch.float32, torch.float64) or b.dtype != a.dtype \
             or b.device != a.device or a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0] \
             or a.shape[0] < MIN_ROWS or not a.is_contiguous():
         return None
-    lanes = VECTOR_BYTES // a.element_size()
-    if b.shape[1] % lanes or b.numel() * b.element_size() > MAX_B_BYTES:
+    if not _fits(a.element_size(), [b.shape[1]], b.shape[0] * b.shape[1]):
         return None
     if out is not None and (not out.is_contiguous() or out.dtype != a.dtype or out.device != a.device
                             or out.shape != (a.shape[0], b.shape[1])):
@@ -150,8 +157,7 @@ def block_products(table: BlockTable, n: int, a: torch.Tensor, b: torch.Tensor, 
         raise ValueError(f"block products of {n} atoms need at least {n * table.a_columns} input, "
                          f"{n * table.c_columns} output and {table.b_numel} matrix numbers, got "
                          f"{a.numel()}, {out.numel()} and {b.numel()}")
-    lanes = VECTOR_BYTES // a.element_size()
-    if any(w % lanes for w in table.columns) or table.largest_b * b.element_size() > MAX_B_BYTES:
+    if not _fits(a.element_size(), table.columns, table.largest_b):
         return False
     library = _library()
     if library is None:

@@ -97,7 +97,7 @@ class RadialTable:
     def interpolate(self, r: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """``out`` ``(P, W)`` ← the functions at the ``(P,)`` float32 CPU distances ``r``, which must
         lie on the grid (``shortest <= r <= n * spacing``); returns ``out``."""
-        r = r.detach().contiguous()
+        r = _distances(r)
         if out.shape != (r.shape[0], self.width) or not out.is_contiguous() or out.dtype != torch.float32:
             raise ValueError(f"the output of {r.shape[0]} interpolations must be a contiguous float32 "
                              f"({r.shape[0]}, {self.width}) array, got {tuple(out.shape)} {out.dtype}")
@@ -109,7 +109,7 @@ class RadialTable:
     def distance_gradient(self, r: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         """The gradient ``(P,)`` with respect to the distances ``r`` of a function of the
         interpolated values, given its gradient ``grad`` ``(P, W)`` with respect to them."""
-        r, grad = r.detach().contiguous(), grad.contiguous()
+        r, grad = _distances(r), grad.contiguous()
         if grad.shape != (r.shape[0], self.width) or grad.dtype != torch.float32:
             raise ValueError(f"the gradient of {r.shape[0]} interpolations must be float32 ({r.shape[0]}, "
                              f"{self.width}), got {tuple(grad.shape)} {grad.dtype}")
@@ -118,6 +118,14 @@ class RadialTable:
                                      self.increments.data_ptr(), self.derivatives.data_ptr(), grad.data_ptr(),
                                      out.data_ptr(), self._threads(r.shape[0]))
         return out
+
+
+def _distances(r: torch.Tensor) -> torch.Tensor:
+    """``r`` as the compiled interpolation reads it: contiguous float32 on the CPU (else an error,
+    not numbers read as the wrong type)."""
+    if r.dtype != torch.float32 or r.device.type != "cpu" or r.dim() != 1:
+        raise ValueError(f"distances must be a 1-D float32 CPU tensor, got {tuple(r.shape)} {r.dtype} on {r.device}")
+    return r.detach().contiguous()
 
 
 def grid_spacing(cutoff: float, knots: Sequence[float], largest: float = SPACING) -> Optional[float]:
