@@ -63,6 +63,8 @@ def main():
     native.kernels = lambda: current[0]  # what the convolutions call
 
     model = load_model("sevennet-0")
+    for parameter in model.parameters():  # frozen, as the calculator has them (radial tables)
+        parameter.requires_grad_(False)
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * ((args.cells,) * 3)
     atoms.rattle(0.02, seed=1)
     positions = torch.tensor(atoms.positions, dtype=torch.float32)

@@ -73,6 +73,18 @@ typedef struct {
     int64_t offset, width;
 } rows_t;
 
+/* The backward pass's tiles of channels: vectors of 64 bytes where the processor has AVX-512 (32
+ * registers of that size), else of 32 (AVX2's 16 registers hold fewer rows of 64 bytes).
+ * kernels_ab.py on an AMD Zen 5 core (2026-12-04), backward kernel per call, 32 -> 64 bytes:
+ * Cu108 7.0 -> 6.0 ms, Cu864 70.3 -> 62.1 ms; an earlier kernel measured on this project's VM
+ * the day before (processor family not recorded; Zen 4 splits each 512-bit operation in two)
+ * took 4-6 % longer with 64 (benchmarks/README.md). */
+#ifdef __AVX512F__
+#define BACKWARD_BYTES 64
+#else
+#define BACKWARD_BYTES 32
+#endif
+
 /* the most input blocks whose rows the kernels prefetch */
 #define MAX_INPUT_BLOCKS 16
 
@@ -169,23 +181,29 @@ INLINE int64_t slot_of_phase(const int8_t *phases, int phase, int64_t first, int
 
 #else /* the kernels for one type T */
 
-/* A tile of channels: a vector of 64 bytes in the forward pass, 32 in the backward pass (more
- * rows live at once); GCC's vector extensions map them to whatever SIMD registers there are. */
+/* A tile of channels: a vector of 64 bytes in the forward pass, BACKWARD_BYTES in the backward
+ * pass; GCC's vector extensions map them to whatever SIMD registers there are. */
 typedef T CAT(vforward, SUFFIX) __attribute__((vector_size(64), aligned(sizeof(T))));
-typedef T CAT(vbackward, SUFFIX) __attribute__((vector_size(32), aligned(sizeof(T))));
+typedef T CAT(vbackward, SUFFIX) __attribute__((vector_size(BACKWARD_BYTES), aligned(sizeof(T))));
 #define VF CAT(vforward, SUFFIX)
 #define VB CAT(vbackward, SUFFIX)
 #define TF ((int)(sizeof(VF) / sizeof(T)))
 #define TB ((int)(sizeof(VB) / sizeof(T)))
 
-/* *(VB *)p = v, bypassing the caches where the processor can (AVX, p 32-byte aligned): for rows
+/* *(VB *)p = v, bypassing the caches where the processor can (AVX, p aligned to the vector): for rows
  * that are written once and read again only after much else (the backward pass's phase 1 writes
  * a pair's row of dL/dR, phase 2 adds to it a whole sweep later, the caches long since filled
  * with other rows); a cached store would first read the line from memory. Kernels that use it
  * end with store_fence(). */
 INLINE void CAT(store_around_caches, SUFFIX)(T *p, VB v)
 {
-#ifdef __AVX__
+#if BACKWARD_BYTES == 64
+    if (((uintptr_t)p & 63) == 0) {
+        if (sizeof(T) == 4) _mm512_stream_ps((float *)p, (__m512)v);
+        else _mm512_stream_pd((double *)p, (__m512d)v);
+        return;
+    }
+#elif defined(__AVX__)
     if (((uintptr_t)p & 31) == 0) {
         if (sizeof(T) == 4) _mm256_stream_ps((float *)p, (__m256)v);
         else _mm256_stream_pd((double *)p, (__m256d)v);
