@@ -55,6 +55,16 @@ def test_interpolated_values_and_distance_gradients_are_the_functions_to_float32
     assert ((got - expected).abs() / scale).max() < 1e-5
 
 
+@compiled
+def test_outputs_larger_than_the_caches_are_stored_around_them_with_the_same_values():
+    table = tabulate(_functions, 4.0, [3.5])
+    pairs = radial_table.STREAM_BYTES // (4 * table.width) + 3  # stored around the caches
+    r = (torch.rand(pairs, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 3.9 + 0.05).float()
+    big = table.interpolate(r, torch.full((pairs, table.width), float("nan")))
+    for part in (slice(0, 1000), slice(pairs - 1000, pairs)):  # cached stores
+        assert torch.equal(table.interpolate(r[part], torch.empty(1000, table.width)), big[part])
+
+
 def test_with_derivative_differentiates_each_column():
     both = with_derivative(lambda r: torch.stack([r ** 2, torch.sin(r)], dim=1))
     r = torch.linspace(0.5, 2.0, 7, dtype=torch.float64)

@@ -19,6 +19,9 @@
  * thread's, summed in a fixed order, so results do not depend on the number of threads.
  */
 #include <stdint.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 #define INLINE static inline __attribute__((always_inline))
 
@@ -37,11 +40,26 @@ INLINE void interval(float r, double h, int64_t n, int64_t *i, float *t)
     *t = (float)(s - (double)(k + 1));
 }
 
-/* out[e, 0:W] ← f(r[e]) for the P distances r. */
-void radial_values(int64_t P, int64_t W, const float *r, double h, int64_t n, const float *V, const float *dV,
-                   const float *D, float *out, int threads)
+/* *(vector_t *)p = v, around the caches if `stream` and the processor can (AVX-512, p 64-byte
+ * aligned): for outputs larger than the caches, whose lines a cached store would first read. */
+INLINE void store(float *p, vector_t v, int stream)
 {
-    #pragma omp parallel for num_threads(threads) schedule(static)
+#ifdef __AVX512F__
+    if (stream && ((uintptr_t)p & 63) == 0) {
+        _mm512_stream_ps(p, (__m512)v);
+        return;
+    }
+#endif
+    *(vector_t *)p = v;
+}
+
+/* out[e, 0:W] ← f(r[e]) for the P distances r; stored around the caches if `stream`. */
+void radial_values(int64_t P, int64_t W, const float *r, double h, int64_t n, const float *V, const float *dV,
+                   const float *D, float *out, int threads, int stream)
+{
+    #pragma omp parallel num_threads(threads)
+    {
+    #pragma omp for schedule(static)
     for (int64_t e = 0; e < P; ++e) {
         int64_t i;
         float t;
@@ -52,9 +70,13 @@ void radial_values(int64_t P, int64_t W, const float *r, double h, int64_t n, co
         float *o = out + e * W;
         int64_t col = 0;
         for (; col + LANES <= W; col += LANES)
-            *(vector_t *)(o + col) = *(const vector_t *)(v0 + col) + c * *(const vector_t *)(dv + col)
-                                   + b * *(const vector_t *)(d0 + col) + d * *(const vector_t *)(d1 + col);
+            store(o + col, *(const vector_t *)(v0 + col) + c * *(const vector_t *)(dv + col)
+                           + b * *(const vector_t *)(d0 + col) + d * *(const vector_t *)(d1 + col), stream);
         for (; col < W; ++col) o[col] = v0[col] + c * dv[col] + b * d0[col] + d * d1[col];
+    }
+#ifdef __AVX512F__
+    if (stream) _mm_sfence(); /* this thread's stores around the caches, for whoever reads next */
+#endif
     }
 }
 

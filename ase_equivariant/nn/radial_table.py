@@ -28,6 +28,7 @@ from typing import Callable, Optional, Sequence, Tuple
 import torch
 
 from .. import compiled
+from .products import STREAM_BYTES
 
 SOURCE = Path(__file__).with_name("radial_table.c")
 
@@ -48,7 +49,7 @@ class _Library:
         for function in (self.values, self.distance_gradient):
             function.restype = None
         self.values.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_double, ctypes.c_int64] \
-            + [ctypes.c_void_p] * 4 + [ctypes.c_int]
+            + [ctypes.c_void_p] * 4 + [ctypes.c_int] * 2
         self.distance_gradient.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_double,
                                            ctypes.c_int64] + [ctypes.c_void_p] * 4 + [ctypes.c_int]
 
@@ -96,14 +97,15 @@ class RadialTable:
 
     def interpolate(self, r: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """``out`` ``(P, W)`` ← the functions at the ``(P,)`` float32 CPU distances ``r``, which must
-        lie on the grid (``shortest <= r <= n * spacing``); returns ``out``."""
+        lie on the grid (``shortest <= r <= n * spacing``); returns ``out``. An ``out`` of at least
+        :data:`~.products.STREAM_BYTES` is stored around the caches (it does not fit in them)."""
         r = _distances(r)
         if out.shape != (r.shape[0], self.width) or not out.is_contiguous() or out.dtype != torch.float32:
             raise ValueError(f"the output of {r.shape[0]} interpolations must be a contiguous float32 "
                              f"({r.shape[0]}, {self.width}) array, got {tuple(out.shape)} {out.dtype}")
         _library().values(r.shape[0], self.width, r.data_ptr(), self.spacing, self.values.shape[0],
                           self.values.data_ptr(), self.increments.data_ptr(), self.derivatives.data_ptr(),
-                          out.data_ptr(), self._threads(r.shape[0]))
+                          out.data_ptr(), self._threads(r.shape[0]), int(out.numel() * 4 >= STREAM_BYTES))
         return out
 
     def distance_gradient(self, r: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -116,7 +118,7 @@ class RadialTable:
         out = r.new_empty(r.shape[0])
         _library().distance_gradient(r.shape[0], self.width, r.data_ptr(), self.spacing, self.values.shape[0],
                                      self.increments.data_ptr(), self.derivatives.data_ptr(), grad.data_ptr(),
-                                     out.data_ptr(), self._threads(r.shape[0]))
+                                     out.data_ptr(), self._threads(r.shape[0]), int(out.numel() * 4 >= STREAM_BYTES))
         return out
 
 
