@@ -103,9 +103,10 @@ class RadialTable:
         if out.shape != (r.shape[0], self.width) or not out.is_contiguous() or out.dtype != torch.float32:
             raise ValueError(f"the output of {r.shape[0]} interpolations must be a contiguous float32 "
                              f"({r.shape[0]}, {self.width}) array, got {tuple(out.shape)} {out.dtype}")
+        stream = out.numel() * out.element_size() >= STREAM_BYTES
         _library().values(r.shape[0], self.width, r.data_ptr(), self.spacing, self.values.shape[0],
                           self.values.data_ptr(), self.increments.data_ptr(), self.derivatives.data_ptr(),
-                          out.data_ptr(), self._threads(r.shape[0]), int(out.numel() * 4 >= STREAM_BYTES))
+                          out.data_ptr(), self._threads(r.shape[0]), int(stream))
         return out
 
     def distance_gradient(self, r: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -118,7 +119,7 @@ class RadialTable:
         out = r.new_empty(r.shape[0])
         _library().distance_gradient(r.shape[0], self.width, r.data_ptr(), self.spacing, self.values.shape[0],
                                      self.increments.data_ptr(), self.derivatives.data_ptr(), grad.data_ptr(),
-                                     out.data_ptr(), self._threads(r.shape[0]), int(out.numel() * 4 >= STREAM_BYTES))
+                                     out.data_ptr(), self._threads(r.shape[0]))
         return out
 
 
