@@ -32,8 +32,10 @@ class EquivariantCalculator(Calculator):
 
     Args:
         model: a registry name (``"sevennet-0"``), the path of a weight file, or an
-            :class:`~ase_equivariant.nn.EquivariantPotential` instance (used as is).
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device``; ``None`` picks CUDA when available.
+            :class:`~ase_equivariant.nn.EquivariantPotential` instance (used as is, on its own
+            device and in its own dtype).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device``; ``None`` picks CUDA when
+            available (for a model instance: its device; another one is an error).
         dtype: ``"float32"`` (default) or ``"float64"``, the network's precision; positions and
             edge vectors are formed in float64 either way (then cast), so results do not depend on
             how far from the origin a structure sits.
@@ -57,6 +59,10 @@ class EquivariantCalculator(Calculator):
         self.device = torch.device(device) if device is not None else default_device()
         if isinstance(model, EquivariantPotential):
             param = next(model.parameters())
+            if device is not None and (self.device.type != param.device.type or self.device.index
+                                       not in (None, param.device.index)):
+                raise ValueError(f"device {device!r}: the model given is on {param.device}; move it there "
+                                 f"(model.to(...)) or leave device out")
             self.model, self.dtype, self.device = model.eval(), param.dtype, param.device
         else:
             self.model = load_model(model, dtype=dtype, device=self.device)

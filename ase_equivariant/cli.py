@@ -117,7 +117,8 @@ def _common_options() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=_positive_int, default=None,
                    help="number of CPU threads torch uses (default: torch's choice)")
     g.add_argument("--seed", type=int, default=None,
-                   help="random seed for initial velocities and Langevin noise (default: a fresh seed, printed)")
+                   help="random seed for initial velocities and Langevin noise (default: a fresh seed, printed); "
+                        "a run repeats exactly on the CPU, and on a GPU up to the order of its floating-point sums")
     g.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return common
 
@@ -364,6 +365,8 @@ def _machine(calc, model: str) -> str:
             kernels += ", compiled matrix products"
         if str(calc.dtype) == "torch.float32" and radial_table.available():
             kernels += ", radial weights from tables"
+    else:
+        kernels = ", pure-torch convolution and neighbour search"
     return (f"model {model} ({str(calc.dtype).replace('torch.', '')}, {calc.device}, "
             f"{threads} torch thread{'s' if threads != 1 else ''}{kernels})")
 

@@ -170,6 +170,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--sizes", type=int, nargs="*", help="Cu fcc cells of about these many atoms")
     parser.add_argument("--no-reference", action="store_true", help="skip the sevenn calculator")
+    parser.add_argument("--edge-block", type=int, default=None,
+                        help="edges per block of work of ours (default: the model's choice for the device)")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
 
@@ -182,10 +184,12 @@ def main():
         except ImportError:
             print("sevenn is not installed: reporting ours only")
     ours = EquivariantCalculator(device=args.device, dtype=args.dtype, skin=0.0)
+    ours.model.edge_block = args.edge_block
 
     gemm_name = f"{'s' if dtype == torch.float32 else 'd'}gemm"
     print(f"# machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, device {args.device}, {args.dtype}")
+          f"{torch.get_num_threads()} threads, device {args.device}, {args.dtype}, edges per block "
+          f"{ours.model.edge_block_size(torch.empty(0, dtype=dtype, device=args.device))}")
     print(f"# {gemm_name}: GFLOP/s of 2048 x 2048 products measured between the calls of each structure")
     header = (f"{'system':>8} {'atoms':>6} {'ours ms min':>11} {'median':>8} {'ms/atom':>8} {'GFLOP':>7} "
               f"{'GFLOP/s':>8} {gemm_name:>6} {'%gemm':>6} {'mem MiB':>9}")

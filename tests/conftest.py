@@ -32,9 +32,11 @@ def no_compiler(monkeypatch, tmp_path):
 
 
 def model_inputs(net, atoms):
-    """``net``'s inputs for ``atoms`` (neighbour list by ASE), in the dtype of its weights."""
-    dtype = next(net.parameters()).dtype
+    """``net``'s inputs for ``atoms`` (neighbour list by ASE), in the dtype and on the device of
+    its weights."""
+    weight = next(net.parameters())
+    dtype, device = weight.dtype, weight.device
     i, j, S = neighbor_list("ijS", atoms, net.cutoff)
-    return (torch.tensor(atoms.positions, dtype=dtype), torch.tensor(atoms.numbers),
-            torch.tensor(np.stack([i, j]), dtype=torch.int64), torch.tensor(S),
-            torch.tensor(atoms.cell.array, dtype=dtype))
+    return (torch.tensor(atoms.positions, dtype=dtype, device=device), torch.tensor(atoms.numbers, device=device),
+            torch.tensor(np.stack([i, j]), dtype=torch.int64, device=device), torch.tensor(S, device=device),
+            torch.tensor(atoms.cell.array, dtype=dtype, device=device))

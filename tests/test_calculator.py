@@ -270,6 +270,14 @@ def test_unknown_element_message_lists_known_ones():
         atoms.get_potential_energy()
 
 
+def test_a_model_instance_runs_on_its_own_device_and_another_one_is_an_error(tiny):
+    model = tiny
+    assert EquivariantCalculator(model).device == torch.device("cpu")
+    assert EquivariantCalculator(model, device="cpu").device == torch.device("cpu")
+    with pytest.raises(ValueError, match="device 'meta': the model given is on cpu"):
+        EquivariantCalculator(model, device="meta")
+
+
 def test_float32_and_float64_agree():
     atoms = triclinic_alloy()
     atoms.numbers[:] = 29
@@ -314,11 +322,13 @@ def test_ase_plugin_finds_calculator():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu():
+@pytest.mark.parametrize("edge_block", [None, 64])  # the device's default: one block; 64: several
+def test_cuda_matches_cpu(edge_block):
     atoms = triclinic_alloy()
     atoms.numbers[:] = 29
     atoms.calc = EquivariantCalculator(device="cpu", dtype="float64")
     cpu = atoms.get_forces(), atoms.get_stress()
     atoms.calc = EquivariantCalculator(device="cuda", dtype="float64")
+    atoms.calc.model.edge_block = edge_block
     np.testing.assert_allclose(atoms.get_forces(), cpu[0], atol=1e-8)
     np.testing.assert_allclose(atoms.get_stress(), cpu[1], atol=1e-9)

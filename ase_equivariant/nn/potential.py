@@ -19,9 +19,14 @@ from .locality import LOCALITY_ORDER_ATOMS, locality_order
 from .radial import BesselBasis, build_cutoff
 
 MAX_ATOMIC_NUMBER = 118
-#: default number of edges in a block of work (SevenNet-0, float32: scratch buffers of up to
-#: ~32 MB each); larger blocks mean fewer, larger torch operations per convolution
+#: default number of edges in a block of work on the CPU (SevenNet-0, float32: scratch buffers
+#: of up to ~32 MB each, about the caches' size); larger blocks mean fewer, larger operations
 DEFAULT_EDGE_BLOCK = 8192
+#: the same on other devices (GPUs), for 4-byte floats (half as many for 8-byte ones): there the
+#: convolutions are torch operations, ~3,200 of them per block of a SevenNet-0 call, each a
+#: kernel launch or a view costing ~5 us of the host's time (H200: 15 ms per block of 8192
+#: edges, the GPU idle), while a block's scratch space is ~18 KB per edge (float32): ~4.7 GB
+DEVICE_EDGE_BLOCK = 2**18
 
 
 @dataclass
@@ -124,8 +129,18 @@ class EquivariantPotential(nn.Module):
         self.register_buffer("energy_shift", torch.zeros(len(c.species), dtype=torch.float64))
         #: edges per block of work: the convolutions' per-edge intermediates (radial weights when
         #: they are not kept, their gradients) live in scratch buffers reused from block to block
-        #: (see ``ase_equivariant.scratch``)
-        self.edge_block = DEFAULT_EDGE_BLOCK
+        #: (see ``ase_equivariant.scratch``); ``None``: by the device (:meth:`edge_block_size`)
+        self.edge_block: Optional[int] = None
+
+    def edge_block_size(self, like: torch.Tensor) -> int:
+        """Edges per block of work for a call on ``like``'s device and dtype: :attr:`edge_block`
+        if set, else :data:`DEFAULT_EDGE_BLOCK` on the CPU and :data:`DEVICE_EDGE_BLOCK` (for
+        4-byte floats) elsewhere."""
+        if self.edge_block is not None:
+            return self.edge_block
+        if like.device.type == "cpu":
+            return DEFAULT_EDGE_BLOCK
+        return max(1, DEVICE_EDGE_BLOCK * 4 // like.element_size())
 
     def radial_embedding(self, r: torch.Tensor) -> torch.Tensor:
         """The ``(P, num_radial_basis)`` radial embedding of the ``(P,)`` distances ``r`` (Å): the
@@ -228,7 +243,7 @@ class EquivariantPotential(nn.Module):
         radial_embedding = self.radial_embedding(r)
         sh = spherical_harmonics(self.config.lmax_sh, vectors, normalize=True)
         sh = torch.cat([sh, sh.new_zeros(1, sh.shape[1])])  # row E: the empty slot
-        blocks = edge_blocks(edge_index, len(types), self.edge_block, pair, first)
+        blocks = edge_blocks(edge_index, len(types), self.edge_block_size(r), pair, first)
         edges = EdgeInputs(blocks, [sh.index_select(0, block.edges).view(block.n, block.slots, sh.shape[1])
                                     for block in blocks], radial_embedding, r)
         tables = self._radial_tables(r)
