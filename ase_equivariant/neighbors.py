@@ -209,8 +209,20 @@ def _within(positions, cell, edge_index, shifts, cutoff):
                                                    device).view(-1, 3)))
         length = torch.mul(d[:, 0], d[:, 0], out=scratch("within_length", e1 - e0, dtype, device))
         length.addcmul_(d[:, 1], d[:, 1]).addcmul_(d[:, 2], d[:, 2])
-        torch.lt(length.sqrt_(), cutoff, out=inside[e0:e1])
+        torch.lt(_square_root_(length), cutoff, out=inside[e0:e1])
     return inside
+
+
+def _square_root_(x):
+    """``x.sqrt_()``, correctly rounded on the CPU too: torch's vectorised float64 square root
+    is not on every build (torch 2.11 on an AVX-512 machine: sqrt(8) one unit in the last place
+    low, which moved a shell at a cutoff of ``2 * np.sqrt(2)`` inside it), NumPy's is the
+    processor's square-root instruction. In place; returns ``x``."""
+    if x.device.type == "cpu":
+        array = x.numpy()
+        np.sqrt(array, out=array)
+        return x
+    return x.sqrt_()
 
 
 def _bins(frac, pbc, heights, bin_cutoff, max_bins):
