@@ -19,13 +19,14 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 
 
-#: runs the example named by its first argument as ``__main__``, with the deprecation and future
-#: warnings raised about the example's own code or this package's made errors (those that other
-#: libraries raise about their own code, as ASE's under NumPy 2.5, are theirs)
+#: runs the example named by its first argument as ``__main__``, with future warnings made errors
+#: (ASE raises those about its callers' use from its own code) and deprecation warnings raised
+#: about the example's own code or this package's (those that other libraries raise about their
+#: own code, as ASE's under NumPy 2.5, are theirs)
 RUNNER = """
 import runpy, sys, warnings
-for category in (DeprecationWarning, FutureWarning):
-    warnings.filterwarnings("error", category=category, module=r"(__main__|ase_equivariant)(\\.|$)")
+warnings.filterwarnings("error", category=FutureWarning)
+warnings.filterwarnings("error", category=DeprecationWarning, module=r"(__main__|ase_equivariant)(\\.|$)")
 sys.argv = sys.argv[1:]
 sys.path[0] = sys.argv[0].rpartition("/")[0]
 runpy.run_path(sys.argv[0], run_name="__main__")
