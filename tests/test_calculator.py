@@ -276,11 +276,10 @@ def test_unknown_element_message_lists_known_ones():
 
 
 def test_a_model_instance_runs_on_its_own_device_and_another_one_is_an_error(tiny):
-    model = tiny
-    assert EquivariantCalculator(model).device == torch.device("cpu")
-    assert EquivariantCalculator(model, device="cpu").device == torch.device("cpu")
+    assert EquivariantCalculator(tiny).device == torch.device("cpu")
+    assert EquivariantCalculator(tiny, device="cpu").device == torch.device("cpu")
     with pytest.raises(ValueError, match="device 'meta': the model given is on cpu"):
-        EquivariantCalculator(model, device="meta")
+        EquivariantCalculator(tiny, device="meta")
 
 
 def test_float32_and_float64_agree():

@@ -111,6 +111,18 @@ def test_edge_blocks_give_the_same_results(structure, block):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
 
 
+def test_edge_blocks_are_sized_by_the_device_unless_set():
+    """Cache-sized blocks on the CPU; on other devices (a GPU: each block costs the host thousands
+    of operations) blocks of DEVICE_EDGE_BLOCK 4-byte floats' worth of edges; a set size wins."""
+    from ase_equivariant.nn.potential import DEFAULT_EDGE_BLOCK, DEVICE_EDGE_BLOCK
+    model = random_model(species=(29,), channels=8, num_blocks=1, seed=3)
+    assert model.edge_block_size(torch.empty(0)) == DEFAULT_EDGE_BLOCK
+    assert model.edge_block_size(torch.empty(0, device="meta")) == DEVICE_EDGE_BLOCK
+    assert model.edge_block_size(torch.empty(0, dtype=torch.float64, device="meta")) == DEVICE_EDGE_BLOCK // 2
+    model.edge_block = 7
+    assert model.edge_block_size(torch.empty(0, device="meta")) == 7
+
+
 def test_second_derivatives_are_refused_with_a_clear_error():
     model = random_model(species=(8, 13, 29), channels=8, num_blocks=2, seed=3)
     atoms = crystal()
