@@ -987,7 +987,7 @@ def neighbor_list(quantities, atoms, cutoff, self_interaction=False, max_nbins=N
         edge_index = torch.cat([edge_index, torch.stack([atom, atom])], dim=1)
         shifts = torch.cat([shifts, torch.zeros(len(atom), 3, dtype=torch.int64)])
     vectors = edge_vectors(positions, cell, edge_index, shifts)
-    distances = (vectors * vectors).sum(dim=1).sqrt()
+    distances = _square_root_((vectors * vectors).sum(dim=1))
     keep = distances < pair_cutoff(edge_index[0], edge_index[1])
     order = np.argsort(edge_index[0][keep].numpy(), kind="stable")
     columns = {"i": edge_index[0][keep], "j": edge_index[1][keep], "d": distances[keep],
